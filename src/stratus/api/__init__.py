@@ -1,0 +1,1 @@
+"""HTTP front ends. They translate; the rules live in `stratus.service`."""

@@ -1,0 +1,86 @@
+"""The CVM endpoint: `POST /` (JSON) and `GET /?A.0.B=...`, dispatched on X-TC-Action."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from stratus.api.cvm import envelope
+from stratus.api.cvm.actions import ACTIONS, Call
+from stratus.api.cvm.auth import authenticate
+from stratus.api.cvm.params import unflatten, validate
+from stratus.domain import errors
+from stratus.service.context import Services
+
+VERSION = "2017-03-12"
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise errors.RequestSizeLimitExceeded(limit=limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise errors.RequestSizeLimitExceeded(limit=limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _dispatch(svc: Services, request: Request, body: bytes) -> dict:
+    headers = request.headers
+    if "authorization" not in headers and (b"Signature=" in body or "Signature=" in request.url.query):
+        raise errors.AuthFailureInvalidAuthorization(
+            detail="the legacy HmacSHA1/HmacSHA256 signature is not supported; sign with TC3-HMAC-SHA256 "
+            "(the SDK and tccli default)"
+        )
+    caller = authenticate(svc, request, body)
+    version = headers.get("x-tc-version")
+    if version is None:
+        raise errors.MissingParameter(name="Version (the X-TC-Version header)")
+    if version != VERSION:
+        raise errors.NoSuchVersion(version=version)
+    name = headers.get("x-tc-action")
+    if not name:
+        raise errors.MissingParameter(name="Action (the X-TC-Action header)")
+    action = ACTIONS.get(name)
+    if action is None:
+        raise errors.InvalidAction(action=name)
+    if request.method == "POST":
+        ctype = headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype != "application/json":
+            raise errors.InvalidParameter(detail=f"Content-Type must be application/json, not {ctype!r}.")
+        try:
+            raw = json.loads(body or b"{}")
+        except (ValueError, UnicodeDecodeError):
+            raise errors.InvalidParameter(detail="The request body is not valid JSON.") from None
+        params = validate(raw, action.schema, name)
+    else:
+        params = validate(unflatten(request.url.query), action.schema, name, coerce=True)
+    region = headers.get("x-tc-region") or None
+    if action.needs_region:
+        region = svc.region(region).name
+    elif region and svc.settings.region(region) is None:
+        raise errors.InvalidRegionNotFound(region=region)
+    return action.handler(Call(svc, caller, region, params))
+
+
+def make_endpoint(svc: Services):  # type: ignore[no-untyped-def]
+    limit = svc.settings.limits.max_request_bytes
+
+    async def endpoint(request: Request) -> Response:
+        request_id = str(uuid.uuid4())
+        try:
+            body = await read_body(request, limit)
+            fields = await run_in_threadpool(_dispatch, svc, request, body)
+        except Exception as exc:
+            return envelope.failure(exc, request_id)
+        return envelope.success(request_id, fields)
+
+    return endpoint

@@ -1,0 +1,79 @@
+"""CVM response shapes: catalog rows → the JSON models of contract §6."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+from stratus.catalog.models import Image, Task
+from stratus.service.context import Caller
+from stratus.service.images import image_type
+
+GiB = 1024**3
+
+
+def iso_time(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def gib(size: int) -> int:
+    return math.ceil(size / GiB) if size else 0
+
+
+def image(img: Image, caller: Caller) -> dict[str, Any]:
+    system = img.disks[0] if img.disks else None
+    return {
+        "ImageId": img.id,
+        "OsName": img.os_name,
+        "ImageType": image_type(img, caller).value,
+        "CreatedTime": iso_time(img.created_at),
+        "ImageName": img.name,
+        "ImageDescription": img.description,
+        "ImageSize": gib(system.virtual_size) if system else 0,
+        "Architecture": img.architecture,
+        "ImageState": img.state,
+        "Platform": img.platform,
+        "ImageCreator": img.owner_id,
+        "ImageSource": img.source,
+        "SyncPercent": img.sync_percent,
+        "IsSupportCloudinit": img.support_cloudinit,
+        "SnapshotSet": [
+            {"SnapshotId": d.snapshot_id, "DiskUsage": d.usage, "DiskSize": gib(d.virtual_size)} for d in img.disks
+        ],
+        "Tags": [{"Key": t.key, "Value": t.value} for t in img.tags],
+        "LicenseType": img.license_type,
+        "ImageFamily": img.family,
+        "ImageDeprecated": img.deprecated,
+        "CdcCacheStatus": "",
+        # Extensions (the SDK ignores unknown fields): why an image failed, progress, lineage, sizes.
+        "ImageStateReason": img.state_reason,
+        "ImageProgress": round(img.progress, 1),
+        "BootMode": img.boot_mode,
+        "SourceImageId": img.source_image_id,
+        "SourceRegion": img.source_region,
+        "SourceInstanceId": img.source_instance_id,
+        "SourceUrl": img.source_url if img.owner_id == caller.account_id else None,
+        "DiskSet": [
+            {"SnapshotId": d.snapshot_id, "DiskUsage": d.usage, "VirtualSize": d.virtual_size,
+             "StoredBytes": d.stored_bytes, "SourceFormat": d.source_format, "ManifestDigest": d.manifest_digest}
+            for d in img.disks
+        ],
+    }
+
+
+def task(t: Task, cos_paths: list[str] | None = None) -> dict[str, Any]:
+    return {
+        "TaskId": t.id,
+        "TaskType": t.kind,
+        "TaskState": {"QUEUED": "PENDING", "RUNNING": "RUNNING", "DONE": "SUCCESS", "FAILED": "FAILED"}[t.state],
+        "Stage": t.stage,
+        "Progress": round(t.progress, 1),
+        "ErrorMessage": t.error,
+        "ImageId": t.image_id,
+        "CreatedTime": iso_time(t.created_at),
+        "FinishedTime": iso_time(t.finished_at),
+        "CosPaths": cos_paths or [],
+    }

@@ -1,0 +1,1 @@
+"""Image bytes over HTTP: resumable uploads and downloads of exported images."""

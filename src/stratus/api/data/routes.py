@@ -1,0 +1,142 @@
+"""The data API: resumable uploads (`/uploads`) and downloads of exported files (`/buckets/...`).
+
+Requests are signed with TC3 like the CVM API; upload bodies are streamed, so they are signed as
+UNSIGNED-PAYLOAD (the offset in the signed query string still binds each request). Errors use the
+CVM error body with a real HTTP status, since no SDK parses these routes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from typing import Any
+
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Route
+
+from stratus.api.cvm import envelope
+from stratus.api.cvm.auth import authenticate
+from stratus.api.cvm.endpoint import read_body
+from stratus.catalog.models import ExportObject
+from stratus.domain import errors
+from stratus.service import uploads
+from stratus.service.context import Services
+
+COMMIT_EVERY = 256 * 1024 * 1024  # make progress durable at least this often during one request
+
+_STATUS = {
+    "ResourceNotFound": 404,
+    "InvalidParameterValue": 409,
+    "InvalidParameterValue.TooLarge": 413,
+    "RequestSizeLimitExceeded": 413,
+}
+
+
+def _error(exc: BaseException, request_id: str) -> Response:
+    code = getattr(exc, "code", "InternalError")
+    status = 401 if code.startswith("AuthFailure") else _STATUS.get(code, 400 if code != "InternalError" else 500)
+    return envelope.failure(exc, request_id, status)
+
+
+def _ok(request_id: str, fields: dict[str, Any]) -> Response:
+    return envelope.success(request_id, fields)
+
+
+def routes(svc: Services) -> list[Route]:
+    async def create(request: Request) -> Response:
+        rid = str(uuid.uuid4())
+        try:
+            body = await read_body(request, 64 * 1024)
+            caller = await run_in_threadpool(authenticate, svc, request, body)
+            params = json.loads(body or b"{}")
+            size = params.get("Size")
+            if not isinstance(size, int) or isinstance(size, bool):
+                raise errors.MissingParameter(name="Size")
+            status = await run_in_threadpool(
+                uploads.create_upload, svc, caller, size, str(params.get("Name", "")), params.get("Format")
+            )
+        except Exception as exc:
+            return _error(exc, rid)
+        return _ok(rid, status.as_json())
+
+    async def show(request: Request) -> Response:
+        rid = str(uuid.uuid4())
+        try:
+            caller = await run_in_threadpool(authenticate, svc, request, b"")
+            status = await run_in_threadpool(uploads.get_upload, svc, caller, request.path_params["upload_id"])
+        except Exception as exc:
+            return _error(exc, rid)
+        return _ok(rid, status.as_json())
+
+    async def append(request: Request) -> Response:
+        rid = str(uuid.uuid4())
+        upload_id = request.path_params["upload_id"]
+        try:
+            caller = await run_in_threadpool(authenticate, svc, request, b"")
+            offset_raw = request.query_params.get("offset", "")
+            if not offset_raw.isdigit():
+                raise errors.MissingParameter(name="offset")
+            status = await run_in_threadpool(uploads.begin_append, svc, caller, upload_id, int(offset_raw))
+        except Exception as exc:
+            return _error(exc, rid)
+        received = status.received
+        committed = received
+        fd = os.open(uploads.path_of(svc, upload_id), os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            try:
+                async for chunk in request.stream():
+                    if received + len(chunk) > status.size:
+                        raise errors.InvalidParameterValue(
+                            detail=f"Upload {upload_id} is {status.size} bytes; the body runs past its end."
+                        )
+                    os.pwrite(fd, chunk, received)
+                    received += len(chunk)
+                    if received - committed >= COMMIT_EVERY:
+                        await run_in_threadpool(uploads.commit_append, svc, caller, upload_id, fd, received)
+                        committed = received
+            finally:
+                # Whatever arrived before a disconnect or an error is kept: the client resumes from here.
+                if received != committed:
+                    status = await run_in_threadpool(uploads.commit_append, svc, caller, upload_id, fd, received)
+                else:
+                    status = await run_in_threadpool(uploads.get_upload, svc, caller, upload_id)
+        except Exception as exc:
+            return _error(exc, rid)
+        finally:
+            os.close(fd)
+        return _ok(rid, status.as_json())
+
+    async def download(request: Request) -> Response:
+        rid = str(uuid.uuid4())
+        try:
+            caller = await run_in_threadpool(authenticate, svc, request, b"")
+            region = svc.region(request.headers.get("x-tc-region"))
+            bucket_name, key = request.path_params["bucket"], request.path_params["key"]
+            bucket = region.bucket(bucket_name)
+
+            def lookup() -> ExportObject | None:
+                with svc.db.read() as s:
+                    return s.scalar(select(ExportObject).where(
+                        ExportObject.region == region.name, ExportObject.bucket == bucket_name,
+                        ExportObject.key == key, ExportObject.account_id == caller.account_id))
+
+            obj = await run_in_threadpool(lookup) if bucket else None
+            if obj is None or bucket is None:
+                raise errors.ResourceNotFound(detail=f"No object {key!r} in bucket {bucket_name!r}.")
+            if obj.state != "DONE":
+                raise errors.InvalidParameterValue(detail=f"The export of {key!r} is {obj.state}; wait for it.")
+            path = bucket.path / key
+        except Exception as exc:
+            return _error(exc, rid)
+        return FileResponse(path, media_type="application/octet-stream", filename=os.path.basename(key))
+
+    return [
+        Route("/uploads", create, methods=["POST"]),
+        Route("/uploads/{upload_id}", show, methods=["GET"]),
+        Route("/uploads/{upload_id}", append, methods=["PUT"]),
+        Route("/buckets/{bucket}/{key:path}", download, methods=["GET"]),
+    ]

@@ -1,0 +1,34 @@
+"""Schema migrations with Alembic, run in-process (`stratus serve` upgrades on start)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+
+from stratus.catalog.db import Database
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def _config() -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    return cfg
+
+
+def upgrade(db: Database, revision: str = "head") -> None:
+    cfg = _config()
+    with db.write_engine.connect() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+        conn.commit()
+
+
+def revision(db: Database, message: str) -> None:
+    """Developer helper: autogenerate a new migration against an up-to-date database."""
+    cfg = _config()
+    with db.write_engine.connect() as conn:
+        cfg.attributes["connection"] = conn
+        command.revision(cfg, message=message, autogenerate=True)

@@ -1,0 +1,199 @@
+"""Catalog tables. Times are UTC epoch seconds (floats): portable across SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+def now() -> float:
+    return time.time()
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+
+    id: Mapped[str] = mapped_column(String(20), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    is_operator: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+
+    keys: Mapped[list[ApiKey]] = relationship(back_populates="account")
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    secret_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    secret_key: Mapped[str] = mapped_column(String(64))
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    account: Mapped[Account] = relationship(back_populates="keys")
+
+
+class Image(Base):
+    __tablename__ = "images"
+    __table_args__ = (
+        UniqueConstraint("owner_id", "region", "name", name="uq_image_owner_region_name"),
+        Index("ix_images_region_public", "region", "is_public"),
+        Index("ix_images_region_owner_created", "region", "owner_id", "created_at"),
+        Index("ix_images_family", "region", "family"),
+    )
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    region: Mapped[str] = mapped_column(String(64))
+    owner_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    name: Mapped[str] = mapped_column(String(60))
+    description: Mapped[str] = mapped_column(String(256), default="")
+    state: Mapped[str] = mapped_column(String(16))
+    state_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    source: Mapped[str] = mapped_column(String(20))
+    is_public: Mapped[bool] = mapped_column(Boolean, default=False)
+    os_type: Mapped[str] = mapped_column(String(64), default="")
+    os_version: Mapped[str] = mapped_column(String(32), default="")
+    os_name: Mapped[str] = mapped_column(String(128), default="")
+    platform: Mapped[str] = mapped_column(String(64), default="")
+    architecture: Mapped[str] = mapped_column(String(16), default="x86_64")
+    boot_mode: Mapped[str] = mapped_column(String(16), default="Legacy BIOS")
+    license_type: Mapped[str] = mapped_column(String(16), default="TencentCloud")
+    family: Mapped[str] = mapped_column(String(64), default="")
+    deprecated: Mapped[bool] = mapped_column(Boolean, default=False)
+    support_cloudinit: Mapped[bool] = mapped_column(Boolean, default=True)
+    sync_percent: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    source_image_id: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    source_region: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    source_instance_id: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    source_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+    updated_at: Mapped[float] = mapped_column(Float, default=now, onupdate=now)
+
+    disks: Mapped[list[ImageDisk]] = relationship(
+        back_populates="image", order_by="ImageDisk.index", cascade="all, delete-orphan"
+    )
+    tags: Mapped[list[ImageTag]] = relationship(cascade="all, delete-orphan", order_by="ImageTag.key")
+    shares: Mapped[list[ImageShare]] = relationship(cascade="all, delete-orphan")
+
+
+class ImageDisk(Base):
+    """One disk of an image: index 0 is the system disk, the rest are data disks."""
+
+    __tablename__ = "image_disks"
+
+    image_id: Mapped[str] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    snapshot_id: Mapped[str] = mapped_column(String(16), unique=True)
+    usage: Mapped[str] = mapped_column(String(16))  # SYSTEM_DISK | DATA_DISK
+    virtual_size: Mapped[int] = mapped_column(BigInteger, default=0)
+    stored_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    source_format: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    source_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    manifest_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+    image: Mapped[Image] = relationship(back_populates="disks")
+
+
+class Manifest(Base):
+    """An immutable disk manifest (canonical JSON), kept per region store."""
+
+    __tablename__ = "manifests"
+
+    region: Mapped[str] = mapped_column(String(64), primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    virtual_size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class ImageTag(Base):
+    __tablename__ = "image_tags"
+
+    image_id: Mapped[str] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256), default="")
+
+
+class ImageShare(Base):
+    __tablename__ = "image_shares"
+
+    image_id: Mapped[str] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), primary_key=True, index=True)
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class Task(Base):
+    """Durable long work. A worker owns a RUNNING task while its lease holds; an expired lease
+    means the worker died and another may take the task over."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (Index("ix_tasks_state_lease", "state", "lease_expires_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16), default="QUEUED")  # QUEUED RUNNING DONE FAILED
+    account_id: Mapped[str | None] = mapped_column(String(20), nullable=True, index=True)
+    region: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    image_id: Mapped[str | None] = mapped_column(String(16), nullable=True, index=True)
+    payload: Mapped[str] = mapped_column(Text, default="{}")
+    result: Mapped[str | None] = mapped_column(Text, nullable=True)
+    stage: Mapped[str] = mapped_column(String(32), default="queued")
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+    updated_at: Mapped[float] = mapped_column(Float, default=now, onupdate=now)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class Upload(Base):
+    """A resumable upload of an image file to this server."""
+
+    __tablename__ = "uploads"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    name: Mapped[str] = mapped_column(String(256), default="")
+    size: Mapped[int] = mapped_column(BigInteger)
+    received: Mapped[int] = mapped_column(BigInteger, default=0)
+    declared_format: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    state: Mapped[str] = mapped_column(String(16), default="UPLOADING")  # UPLOADING COMPLETE
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+    expires_at: Mapped[float] = mapped_column(Float)
+
+
+class ExportObject(Base):
+    """A file written by ExportImages into a bucket; only its account may download it."""
+
+    __tablename__ = "export_objects"
+
+    region: Mapped[str] = mapped_column(String(64), primary_key=True)
+    bucket: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(512), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    task_id: Mapped[int] = mapped_column(BigInteger)
+    image_id: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16), default="PENDING")  # PENDING DONE FAILED
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[float] = mapped_column(Float, default=now)

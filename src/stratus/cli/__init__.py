@@ -1,0 +1,1 @@
+"""The `stratus` command: serve, account administration, store maintenance and client verbs."""

@@ -1,0 +1,325 @@
+"""`stratus image ...`: client verbs that talk to a server through the official SDK.
+
+Credentials come from TENCENTCLOUD_SECRET_ID / TENCENTCLOUD_SECRET_KEY, the server from
+--endpoint or STRATUS_ENDPOINT. Image bytes go through the data API (`/uploads`, `/buckets`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.table import Table
+
+from stratus.cli.common import (
+    EXIT_FAILED,
+    EXIT_REFUSED,
+    Endpoint,
+    EndpointOpt,
+    JsonOpt,
+    RegionOpt,
+    console,
+    die,
+    out,
+    print_json,
+    sdk_errors,
+)
+
+app = typer.Typer(help="Import, list, show, export, delete and publish images.", no_args_is_help=True)
+
+BLOCK = 1024 * 1024
+DEFAULT_BUCKET = "stratus-exports"
+
+
+def _bytes_progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                    TimeRemainingColumn(), console=console, transient=False)
+
+
+def _data_error(resp: httpx.Response) -> str:
+    try:
+        err = resp.json()["Response"]["Error"]
+        return f"{err['Code']}: {err['Message']}"
+    except Exception:
+        return f"HTTP {resp.status_code}: {resp.text[:200]}"
+
+
+# --------------------------------------------------------------------------- uploads
+
+
+def _state_file() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "stratus" / "uploads.json"
+
+
+def _upload_key(ep: Endpoint, path: Path) -> str:
+    st = path.stat()
+    ident = f"{ep.url}|{ep.secret_id}|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    return hashlib.sha256(ident.encode()).hexdigest()
+
+
+def _load_state() -> dict[str, str]:
+    try:
+        return json.loads(_state_file().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_state(state: dict[str, str]) -> None:
+    f = _state_file()
+    f.parent.mkdir(parents=True, exist_ok=True)
+    tmp = f.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state))
+    tmp.replace(f)
+
+
+def upload_file(ep: Endpoint, path: Path, declared_format: str | None = None) -> str:
+    """Upload (or resume uploading) a file; returns its upload id."""
+    size = path.stat().st_size
+    key = _upload_key(ep, path)
+    state = _load_state()
+    client = httpx.Client(base_url=ep.url, timeout=httpx.Timeout(60.0, connect=10.0))
+    upload_id = state.get(key)
+    received = 0
+    if upload_id:
+        r = client.get(f"/uploads/{upload_id}", headers=ep.signed_headers("GET", f"/uploads/{upload_id}"))
+        if r.status_code == 200:
+            info = r.json()["Response"]
+            received = info["Received"]
+            if info["State"] == "COMPLETE":
+                return upload_id
+            console.print(f"resuming upload {upload_id} at {received} of {size} bytes")
+        else:
+            upload_id = None
+    if not upload_id:
+        body = json.dumps({"Size": size, "Name": path.name, **({"Format": declared_format} if declared_format else {})})
+        r = client.post("/uploads", content=body.encode(), headers=ep.signed_headers("POST", "/uploads", body=body.encode()))
+        if r.status_code != 200:
+            die(f"upload refused: {_data_error(r)}", EXIT_REFUSED)
+        upload_id = r.json()["Response"]["UploadId"]
+        state[key] = upload_id
+        _save_state(state)
+    with _bytes_progress() as progress, path.open("rb") as f:
+        bar = progress.add_task(f"upload {path.name}", total=size, completed=received)
+        attempts = 0
+        while received < size:
+            start = received
+
+            def body_iter(start: int = start):  # type: ignore[no-untyped-def]
+                f.seek(start)
+                while True:
+                    block = f.read(BLOCK)
+                    if not block:
+                        return
+                    progress.advance(bar, len(block))
+                    yield block
+
+            query = f"offset={start}"
+            headers = ep.signed_headers("PUT", f"/uploads/{upload_id}", query=query, body=None,
+                                        content_type="application/octet-stream")
+            headers["Content-Length"] = str(size - start)
+            try:
+                r = client.put(f"/uploads/{upload_id}?{query}", content=body_iter(), headers=headers)
+            except httpx.TransportError as exc:
+                attempts += 1
+                if attempts > 5:
+                    die(f"upload interrupted ({exc}); run the same command again to resume", EXIT_FAILED)
+                time.sleep(min(2**attempts, 10))
+                r = client.get(f"/uploads/{upload_id}", headers=ep.signed_headers("GET", f"/uploads/{upload_id}"))
+                received = r.json()["Response"]["Received"] if r.status_code == 200 else start
+                progress.update(bar, completed=received)
+                continue
+            if r.status_code != 200:
+                die(f"upload refused: {_data_error(r)}", EXIT_REFUSED)
+            received = r.json()["Response"]["Received"]
+            progress.update(bar, completed=received)
+    state.pop(key, None)
+    _save_state(state)
+    return upload_id
+
+
+# --------------------------------------------------------------------------- following work
+
+
+def describe_image(ep: Endpoint, image_id: str) -> dict[str, Any] | None:
+    resp = ep.call("DescribeImages", {"ImageIds": [image_id]})
+    return resp["ImageSet"][0] if resp["ImageSet"] else None
+
+
+def follow_image(ep: Endpoint, image_id: str, busy: str) -> dict[str, Any]:
+    """Poll an image with a progress bar until it leaves its busy state."""
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
+                  console=console) as progress:
+        bar = progress.add_task(f"{busy.lower()} {image_id}", total=100)
+        while True:
+            image = describe_image(ep, image_id)
+            if image is None:
+                die(f"image {image_id} disappeared", EXIT_FAILED)
+            progress.update(bar, completed=image.get("ImageProgress") or image.get("SyncPercent") or 0)
+            if image["ImageState"] != busy:
+                if image["ImageState"] == "NORMAL":
+                    progress.update(bar, completed=100)
+                return image
+            time.sleep(0.3)
+
+
+@app.command("upload")
+@sdk_errors
+def upload(
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True),
+    fmt: str = typer.Option(None, "--format", help="Declared format (RAW, QCOW2, VMDK, VHD); checked on import."),
+    endpoint: str = EndpointOpt,
+    region: str = RegionOpt,
+) -> None:
+    """Upload a file (resumable); prints the ImageUrl to give ImportImage (e.g. through tccli)."""
+    ep = Endpoint(endpoint, region)
+    upload_id = upload_file(ep, file, fmt.upper() if fmt else None)
+    out.print(f"upload://{upload_id}")
+
+
+@app.command("import")
+@sdk_errors
+def import_(
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True),
+    name: str = typer.Option(..., "--name"),
+    os_type: str = typer.Option("Other Linux", "--os-type"),
+    os_version: str = typer.Option("-", "--os-version"),
+    architecture: str = typer.Option("x86_64", "--architecture"),
+    description: str = typer.Option("", "--description"),
+    family: str = typer.Option(None, "--family"),
+    fmt: str = typer.Option(None, "--format", help="Declared format (RAW, QCOW2, VMDK, VHD); refused if it isn't."),
+    no_wait: bool = typer.Option(False, "--no-wait", help="Return once the import has started."),
+    endpoint: str = EndpointOpt,
+    region: str = RegionOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Upload FILE (resuming an interrupted upload) and import it as a custom image."""
+    ep = Endpoint(endpoint, region)
+    upload_id = upload_file(ep, file, fmt.upper() if fmt else None)
+    params: dict[str, Any] = {"ImageUrl": f"upload://{upload_id}", "ImageName": name, "OsType": os_type,
+                              "OsVersion": os_version, "Architecture": architecture}
+    if description:
+        params["ImageDescription"] = description
+    if family:
+        params["ImageFamily"] = family
+    image_id = ep.request("ImportImage", params).ImageId
+    console.print(f"importing {image_id}")
+    if no_wait:
+        out.print(image_id)
+        return
+    image = follow_image(ep, image_id, "IMPORTING")
+    if json_out:
+        print_json(image)
+    if image["ImageState"] != "NORMAL":
+        die(f"import of {image_id} failed: {image.get('ImageStateReason') or image['ImageState']}", EXIT_FAILED)
+    if not json_out:
+        out.print(image_id)
+
+
+@app.command("list")
+@sdk_errors
+def list_(
+    image_type: str = typer.Option(None, "--type", help="PUBLIC_IMAGE, PRIVATE_IMAGE or SHARED_IMAGE."),
+    endpoint: str = EndpointOpt,
+    region: str = RegionOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """List the images you can see."""
+    ep = Endpoint(endpoint, region)
+    params: dict[str, Any] = {"Limit": 100}
+    if image_type:
+        params["Filters"] = [{"Name": "image-type", "Values": [image_type]}]
+    images: list[dict[str, Any]] = []
+    while True:
+        resp = ep.call("DescribeImages", {**params, "Offset": len(images)})
+        images += resp["ImageSet"]
+        if len(images) >= resp["TotalCount"] or not resp["ImageSet"]:
+            break
+    if json_out:
+        print_json(images)
+        return
+    table = Table("ImageId", "Name", "Type", "State", "Size (GiB)", "OS", "Created")
+    for i in images:
+        table.add_row(i["ImageId"], i["ImageName"], i["ImageType"], i["ImageState"], str(i["ImageSize"]),
+                      i["OsName"], i["CreatedTime"])
+    out.print(table)
+
+
+@app.command("show")
+@sdk_errors
+def show(image_id: str, endpoint: str = EndpointOpt, region: str = RegionOpt) -> None:
+    """Show one image as JSON, with its failure reason and lineage."""
+    ep = Endpoint(endpoint, region)
+    image = describe_image(ep, image_id)
+    if image is None:
+        die(f"InvalidImageId.NotFound: the image {image_id} does not exist", EXIT_REFUSED)
+    print_json(image)
+
+
+@app.command("delete")
+@sdk_errors
+def delete(image_ids: list[str], endpoint: str = EndpointOpt, region: str = RegionOpt) -> None:
+    """Delete custom images."""
+    Endpoint(endpoint, region).request("DeleteImages", {"ImageIds": image_ids})
+    out.print(f"deleted {' '.join(image_ids)}")
+
+
+@app.command("publish")
+@sdk_errors
+def publish(image_id: str, endpoint: str = EndpointOpt, region: str = RegionOpt) -> None:
+    """Operator only: publish one of your images as a public image of its region."""
+    Endpoint(endpoint, region).call("PublishImage", {"ImageId": image_id})
+    out.print(f"published {image_id}")
+
+
+@app.command("export")
+@sdk_errors
+def export(
+    image_id: str,
+    fmt: str = typer.Option("raw", "--format", help="raw, qcow2, vmdk or vhd."),
+    output: Path = typer.Option(..., "-o", "--output"),
+    bucket: str = typer.Option(DEFAULT_BUCKET, "--bucket"),
+    endpoint: str = EndpointOpt,
+    region: str = RegionOpt,
+) -> None:
+    """Export an image's system disk and download it to a file."""
+    ep = Endpoint(endpoint, region)
+    if fmt.lower() not in ("raw", "qcow2", "vmdk", "vhd"):
+        die("--format must be raw, qcow2, vmdk or vhd")
+    resp = ep.request("ExportImages", {"BucketName": bucket, "ImageIds": [image_id], "ExportFormat": fmt.upper(),
+                                       "OnlyExportRootDisk": True})
+    task_id, key = resp.TaskId, resp.CosPaths[0].lstrip("/")
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
+                  console=console) as progress:
+        bar = progress.add_task(f"export {image_id}", total=100)
+        while True:
+            task = ep.call("DescribeTasks", {"TaskIds": [task_id]})["TaskSet"][0]
+            progress.update(bar, completed=task["Progress"])
+            if task["TaskState"] in ("SUCCESS", "FAILED"):
+                break
+            time.sleep(0.3)
+    if task["TaskState"] != "SUCCESS":
+        die(f"export failed: {task['ErrorMessage']}", EXIT_FAILED)
+    path = f"/buckets/{bucket}/{key}"
+    tmp = output.with_name(output.name + ".part")
+    with httpx.Client(base_url=ep.url, timeout=httpx.Timeout(60.0, connect=10.0)) as client, client.stream(
+        "GET", path, headers=ep.signed_headers("GET", path)
+    ) as r:
+        if r.status_code != 200:
+            r.read()
+            die(f"download refused: {_data_error(r)}", EXIT_REFUSED)
+        total = int(r.headers.get("content-length", 0)) or None
+        with _bytes_progress() as progress, tmp.open("wb") as f:
+            bar = progress.add_task(f"download {output.name}", total=total)
+            for block in r.iter_bytes(BLOCK):
+                f.write(block)
+                progress.advance(bar, len(block))
+    tmp.replace(output)
+    out.print(str(output))

@@ -1,0 +1,86 @@
+"""`stratus fsck` and `stratus gc`: store maintenance on the server machine."""
+
+from __future__ import annotations
+
+import typer
+
+from stratus.cli.common import EXIT_DAMAGED, ConfigOpt, DataDirOpt, JsonOpt, out, print_json, settings
+
+RegionsOpt = typer.Option(None, "--region", help="Only this region (repeatable); default all.")
+
+
+def _regions(svc, only: list[str] | None) -> list[str]:  # type: ignore[no-untyped-def]
+    names = [r.name for r in svc.settings.regions]
+    return [n for n in names if not only or n in only]
+
+
+def fsck(
+    region: list[str] = RegionsOpt,
+    data_dir: str = DataDirOpt,
+    config: str = ConfigOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Re-hash every chunk of the stores; name the images a damaged or missing chunk belongs to."""
+    from stratus.service.maintenance import fsck_region
+    from stratus.service.runtime import prepare
+
+    svc = prepare(settings(data_dir, config))
+    damaged = False
+    results = []
+    for name in _regions(svc, region):
+        summary = fsck_region(svc, name)
+        rep = summary.report
+        damaged |= bool(rep.damaged or rep.missing)
+        results.append({
+            "Region": name, "Checked": rep.checked, "Bytes": rep.bytes,
+            "Damaged": {d: summary.owners.get(d, []) for d in rep.damaged},
+            "Missing": {d: summary.owners.get(d, []) for d in rep.missing},
+        })
+        if not json_out:
+            out.print(f"{name}: {rep.checked} chunks, {rep.bytes} bytes checked")
+            for d in rep.damaged:
+                out.print(f"  DAMAGED {d}: used by {', '.join(summary.owners.get(d, [])) or 'no image'}")
+            for d in rep.missing:
+                out.print(f"  MISSING {d}: used by {', '.join(summary.owners.get(d, [])) or 'no image'}")
+    if json_out:
+        print_json(results)
+    if damaged:
+        if not json_out:
+            out.print("damage found: re-import or re-copy the images named above, then run `stratus gc`")
+        raise typer.Exit(EXIT_DAMAGED)
+
+
+def gc(
+    region: list[str] = RegionsOpt,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan, delete nothing."),
+    grace: float = typer.Option(None, "--grace", help="Keep chunks younger than this many seconds "
+                                "(default: limits.gc_grace_seconds)."),
+    data_dir: str = DataDirOpt,
+    config: str = ConfigOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Mark and sweep: delete chunks no image references, older than the grace period."""
+    from stratus.service.maintenance import drop_orphan_manifests, plan_region_gc
+    from stratus.service.runtime import prepare
+
+    svc = prepare(settings(data_dir, config))
+    grace_s = svc.settings.limits.gc_grace_seconds if grace is None else grace
+    results = []
+    for name in _regions(svc, region):
+        if not dry_run:
+            drop_orphan_manifests(svc, name)
+        plan = plan_region_gc(svc, name, grace_s)
+        entry = {"Region": name, "Plan": plan.describe()}
+        if not dry_run:
+            result = plan.execute()
+            entry["Deleted"] = result.deleted
+            entry["ReclaimedBytes"] = result.reclaimed_bytes
+        results.append(entry)
+        if not json_out:
+            out.print(f"{name}:")
+            for line in plan.describe():
+                out.print(f"  {line}")
+            if not dry_run:
+                out.print(f"  deleted {result.deleted} chunks, {result.reclaimed_bytes} bytes")
+    if json_out:
+        print_json(results)

@@ -1,0 +1,149 @@
+"""Settings: embedded defaults, an optional TOML file, then environment overrides.
+
+Every setting is declared once, here, with its default. Precedence: defaults < `--config`/`STRATUS_CONFIG`
+file < `STRATUS_DATABASE_URL`, `STRATUS_IMPORT_URL_ALLOW` and `STRATUS_COMPUTE`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+GiB = 1024**3
+MiB = 1024**2
+
+DEFAULT_CHUNK_SIZE = 4 * MiB
+DEFAULT_EXPORT_BUCKET = "stratus-exports"
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """An export destination: a directory the owner downloads from through the server."""
+
+    name: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class Region:
+    name: str
+    display_name: str
+    zones: tuple[str, ...]
+    store_path: Path
+    host_path: Path
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    buckets: tuple[Bucket, ...] = ()
+    compute: str = "disk"
+
+    def bucket(self, name: str) -> Bucket | None:
+        return next((b for b in self.buckets if b.name == name), None)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_request_bytes: int = 1 * MiB
+    max_virtual_size: int = 2048 * GiB
+    max_download_bytes: int = 64 * GiB
+    download_timeout_seconds: float = 6 * 3600
+    download_connect_timeout_seconds: float = 10
+    max_redirects: int = 5
+    max_upload_bytes: int = 64 * GiB
+    upload_ttl_seconds: int = 7 * 24 * 3600
+    export_tasks_per_account: int = 8
+    task_lease_seconds: float = 30.0
+    gc_grace_seconds: float = 3600.0
+
+
+@dataclass(frozen=True)
+class Quotas:
+    images_per_region: int = 500
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    database_url: str
+    regions: tuple[Region, ...]
+    limits: Limits = field(default_factory=Limits)
+    quotas: Quotas = field(default_factory=Quotas)
+    import_url_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    workers: int = 2
+
+    def region(self, name: str) -> Region | None:
+        return next((r for r in self.regions if r.name == name), None)
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.data_dir / "tmp"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"
+
+
+DEFAULT_REGIONS: tuple[dict[str, Any], ...] = (
+    {
+        "name": "ap-guangzhou",
+        "display_name": "South China (Guangzhou)",
+        "zones": ["ap-guangzhou-1", "ap-guangzhou-2"],
+    },
+    {"name": "ap-shanghai", "display_name": "East China (Shanghai)", "zones": ["ap-shanghai-1"]},
+)
+
+
+def parse_networks(spec: str | list[str]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    items = spec.split(",") if isinstance(spec, str) else spec
+    return tuple(ipaddress.ip_network(s.strip(), strict=False) for s in items if s.strip())
+
+
+def _region(raw: dict[str, Any], data_dir: Path, compute_override: str | None) -> Region:
+    name = raw["name"]
+    base = data_dir / "regions" / name
+    buckets_raw = raw.get("buckets") or [{"name": DEFAULT_EXPORT_BUCKET}]
+    buckets = tuple(
+        Bucket(b["name"], Path(b.get("path") or base / "buckets" / b["name"])) for b in buckets_raw
+    )
+    return Region(
+        name=name,
+        display_name=raw.get("display_name", name),
+        zones=tuple(raw.get("zones") or [f"{name}-1"]),
+        store_path=Path(raw.get("store") or base / "store"),
+        host_path=Path(raw.get("host") or base / "host"),
+        chunk_size=int(raw.get("chunk_size", DEFAULT_CHUNK_SIZE)),
+        buckets=buckets,
+        compute=compute_override or raw.get("compute", "disk"),
+    )
+
+
+def load_settings(
+    data_dir: str | Path | None = None,
+    config_file: str | Path | None = None,
+    env: dict[str, str] | None = None,
+) -> Settings:
+    env = dict(os.environ) if env is None else env
+    raw: dict[str, Any] = {}
+    config_file = config_file or env.get("STRATUS_CONFIG")
+    if config_file:
+        raw = tomllib.loads(Path(config_file).read_text())
+    ddir = Path(data_dir or raw.get("data_dir") or env.get("STRATUS_DATA_DIR") or "./var").absolute()
+    db_url = env.get("STRATUS_DATABASE_URL") or raw.get("database_url") or f"sqlite:///{ddir / 'stratus.db'}"
+    compute = env.get("STRATUS_COMPUTE") or None
+    regions = tuple(_region(r, ddir, compute) for r in (raw.get("regions") or DEFAULT_REGIONS))
+    allow_spec = env.get("STRATUS_IMPORT_URL_ALLOW")
+    if allow_spec is None:
+        allow_spec = raw.get("import", {}).get("url_allow", [])
+    limits = Limits(**raw.get("limits", {}))
+    quotas = Quotas(**raw.get("quotas", {}))
+    return Settings(
+        data_dir=ddir,
+        database_url=db_url,
+        regions=regions,
+        limits=limits,
+        quotas=quotas,
+        import_url_allow=parse_networks(allow_spec),
+        workers=int(raw.get("workers", 2)),
+    )

@@ -1,0 +1,429 @@
+"""Every qemu-img call Stratus makes goes through this module.
+
+Rules, each a fix for a known attack or failure (see reference/anchors.md §3.4):
+
+- The source format is always explicit (``-f``); qemu-img never probes untrusted bytes (CVE-2026-24708).
+- Sources are opened through the ``json:`` pseudo-protocol with ``"backing": null`` and an explicit
+  ``"driver": "file"`` protocol node, so no backing file is ever opened (CVE-2015-5163 and the vmdk
+  ``parentFileNameHint`` variant) and no filename prefix such as ``nbd:`` can select another protocol.
+  Measured on qemu 7.2: ``info``, ``map``, ``check``, ``convert`` and ``compare`` all accept this form for
+  raw, qcow2, vmdk and vpc, and ``-f`` plus the ``json:`` driver agree. It does *not* stop a qcow2
+  external data file (``"data-file": null`` is silently ignored); only the inspector (disk/inspect.py)
+  refuses those, which is why it runs first.
+- Each run has a CPU and address-space rlimit (set in the child before exec) and a wall-clock timeout,
+  after which the process is killed: a hostile header must not be able to burn a core or the host's RAM.
+- Never ``shell=True``; every path is made absolute, so it can't be read as an option or a protocol.
+
+``map_extents`` and what its offsets mean (measured, qemu 7.2, standalone images):
+
+============================  ===============================================================================
+format                        ``offset`` of a data extent
+============================  ===============================================================================
+raw                           the virtual offset itself (file holes: ``data: false, zero: true``)
+qcow2                         real host-cluster file offset; **absent for compressed clusters** (``-c``)
+qcow2 zero cluster            ``zero: true, data: false`` *with* an offset when the cluster stays
+                              allocated (``write -z`` over data): the file there still holds the old bytes
+vmdk monolithicSparse         real grain offset in the file
+vmdk streamOptimized          absent for every data extent (all grains are deflate-compressed)
+vpc (VHD) dynamic             real offset (2 MiB blocks; qemu ignores the per-block sector bitmap on read,
+                              so the file bytes are what qemu returns); unallocated blocks report zero
+vpc (VHD) fixed               the virtual offset itself (the footer is the last 512 B)
+============================  ===============================================================================
+
+Hence the read rule in :attr:`Extent.source`: *zero* wins over an offset, then an offset means "read the file
+there", and anything else needs ``convert``. tests/disk/test_qemu_img.py rebuilds every format from the file
+at the mapped offsets and compares the bytes with ``convert -O raw``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import resource
+import selectors
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+QEMU_IMG = "qemu-img"
+
+# qemu driver names Stratus reads and writes. Anything else is a programming error.
+DRIVERS = frozenset({"raw", "qcow2", "vmdk", "vpc"})
+# create() may also build these, only so disk/hostile.py can make images the gate must refuse.
+_CREATE_ONLY_DRIVERS = frozenset({"qed", "luks", "vdi", "vhdx"})
+
+GiB = 1 << 30
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits for one qemu-img run."""
+
+    cpu_seconds: int
+    address_space: int  # bytes, RLIMIT_AS
+    timeout: float  # wall-clock seconds; the process is killed after this
+
+
+# Header-only work (info/map/check). Same numbers as Glance's image conversion (cpu 30 s here, AS 1 GiB).
+INSPECT_LIMITS = Limits(cpu_seconds=30, address_space=1 * GiB, timeout=120.0)
+# Data-moving work (convert/compare/create).
+CONVERT_LIMITS = Limits(cpu_seconds=3600, address_space=2 * GiB, timeout=4 * 3600.0)
+
+_STDERR_KEEP = 64 * 1024  # bytes of stderr held in memory (tail)
+_PROGRESS_RE = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
+
+
+class QemuImgError(Exception):
+    """A qemu-img run failed; ``stderr`` is its short, readable complaint."""
+
+    def __init__(self, subcommand: str, returncode: int | None, stderr: str) -> None:
+        self.subcommand = subcommand
+        self.returncode = returncode
+        self.stderr = stderr
+        status = "timed out" if returncode is None else _describe_status(returncode)
+        super().__init__(f"qemu-img {subcommand} {status}: {stderr or 'no error message'}")
+
+
+def _describe_status(returncode: int) -> str:
+    if returncode >= 0:
+        return f"failed (exit {returncode})"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    if name == "SIGXCPU":
+        return "was killed by SIGXCPU (CPU time limit)"
+    return f"was killed by {name}"
+
+
+def _short(stderr: bytes, args: Sequence[str] = ()) -> str:
+    """The last few distinct lines of stderr, without the ``qemu-img:`` prefix, at most 500 chars.
+
+    ``json:`` source specs in ``args`` are shown as their plain path: that is what a person recognises.
+    """
+    text = stderr.decode("utf-8", "replace")
+    for arg in args:
+        if arg.startswith("json:") and arg in text:
+            text = text.replace(arg, json.loads(arg[5:])["file"]["filename"])
+    lines: list[str] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("qemu-img:"):
+            line = line[len("qemu-img:") :].strip()
+        if line and line not in lines:
+            lines.append(line)
+    text = "; ".join(lines[-5:])
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+@dataclass(frozen=True)
+class Extent:
+    """One run of ``qemu-img map --output=json`` (depth 0; Stratus only maps standalone images).
+
+    ``offset`` is the byte offset in the *file* where the extent's bytes lie, or None when qemu gives none
+    (compressed clusters, unallocated runs). Read rule, in this order (see :attr:`source`):
+    ``zero`` → the bytes are zeros, whatever ``offset`` says (a qcow2 zero cluster keeps its stale host
+    cluster); ``data`` with an offset → read ``length`` bytes of the file at ``offset``; otherwise the
+    bytes can only be had from qemu (``convert``).
+    """
+
+    start: int
+    length: int
+    data: bool
+    zero: bool
+    offset: int | None
+
+    @property
+    def source(self) -> Literal["zero", "file", "convert"]:
+        if self.zero:
+            return "zero"
+        if self.data and self.offset is not None:
+            return "file"
+        return "convert"
+
+
+def source_spec(path: str | os.PathLike[str], fmt: str) -> str:
+    """The ``json:`` filename qemu-img opens an untrusted image through (no backing, file protocol)."""
+    _check_driver(fmt)
+    spec = {
+        "driver": fmt,
+        "backing": None,
+        "file": {"driver": "file", "filename": os.path.abspath(os.fspath(path))},
+    }
+    return "json:" + json.dumps(spec, separators=(",", ":"))
+
+
+def _check_driver(fmt: str, allowed: frozenset[str] = DRIVERS) -> None:
+    if fmt not in allowed:
+        raise ValueError(f"unsupported qemu driver {fmt!r}; expected one of {sorted(DRIVERS)}")
+
+
+def _abs(path: str | os.PathLike[str]) -> str:
+    return os.path.abspath(os.fspath(path))
+
+
+def _options_arg(options: dict[str, str]) -> str:
+    # qemu's option syntax escapes a literal comma by doubling it.
+    return ",".join(f"{k}={str(v).replace(',', ',,')}" for k, v in options.items())
+
+
+def _rlimits(limits: Limits) -> Callable[[], None]:
+    cpu, space = limits.cpu_seconds, limits.address_space
+
+    def apply() -> None:  # runs in the child between fork and exec: keep it to two syscalls
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
+        resource.setrlimit(resource.RLIMIT_AS, (space, space))
+
+    return apply
+
+
+def _run(
+    args: Sequence[str],
+    limits: Limits,
+    *,
+    ok_codes: Sequence[int] = (0,),
+    on_stdout: Callable[[bytes], None] | None = None,
+    keep_stdout: bool = True,
+) -> tuple[int, bytes]:
+    """Run ``qemu-img *args`` under ``limits``; return (returncode, stdout) or raise QemuImgError."""
+    subcommand = args[0]
+    proc = subprocess.Popen(
+        [QEMU_IMG, *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=_rlimits(limits),
+        close_fds=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    out = bytearray()
+    err = bytearray()
+    deadline = time.monotonic() + limits.timeout
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ, "out")
+        sel.register(proc.stderr, selectors.EVENT_READ, "err")
+        try:
+            while sel.get_map():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    proc.kill()
+                    proc.wait()
+                    raise QemuImgError(subcommand, None, f"no result after {limits.timeout:g} s; killed")
+                for key, _ in sel.select(timeout=remaining):
+                    chunk = os.read(key.fd, 65536)
+                    if not chunk:
+                        sel.unregister(key.fileobj)
+                        continue
+                    if key.data == "err":
+                        err += chunk
+                        del err[:-_STDERR_KEEP]
+                        continue
+                    if on_stdout is not None:
+                        on_stdout(chunk)
+                    if keep_stdout:
+                        out += chunk
+        except BaseException:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            raise
+        finally:
+            proc.stdout.close()
+            proc.stderr.close()
+    # Both pipes hit EOF; the process is exiting. Still bounded by the deadline.
+    try:
+        returncode = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise QemuImgError(subcommand, None, f"no exit after {limits.timeout:g} s; killed") from None
+    if returncode not in ok_codes:
+        raise QemuImgError(subcommand, returncode, _short(bytes(err), args))
+    return returncode, bytes(out)
+
+
+def _json(subcommand: str, stdout: bytes) -> Any:
+    try:
+        return json.loads(stdout)
+    except ValueError as exc:
+        raise QemuImgError(subcommand, 0, f"unparseable JSON output ({exc})") from None
+
+
+def info(path: str | os.PathLike[str], fmt: str, *, limits: Limits | None = None) -> dict[str, Any]:
+    """``qemu-img info --output=json``; the dict has ``virtual-size``, ``format-specific``, and
+    ``backing-filename`` / ``data-file`` when the header names other files (they are not opened)."""
+    _, out = _run(
+        ["info", "-f", fmt, "--output=json", source_spec(path, fmt)],
+        limits or INSPECT_LIMITS,
+    )
+    result = _json("info", out)
+    if not isinstance(result, dict):
+        raise QemuImgError("info", 0, "JSON output is not an object")
+    return result
+
+
+def map_extents(
+    path: str | os.PathLike[str],
+    fmt: str,
+    *,
+    start: int | None = None,
+    length: int | None = None,
+    limits: Limits | None = None,
+) -> list[Extent]:
+    """``qemu-img map --output=json``, checked to be contiguous from ``start`` (default 0).
+
+    Depth is always 0 because the source is opened with ``backing: null``; anything else is refused.
+    """
+    args = ["map", "-f", fmt, "--output=json"]
+    if start is not None:
+        args += ["--start-offset", str(int(start))]
+    if length is not None:
+        args += ["--max-length", str(int(length))]
+    _, out = _run([*args, source_spec(path, fmt)], limits or INSPECT_LIMITS)
+    rows = _json("map", out)
+    if not isinstance(rows, list):
+        raise QemuImgError("map", 0, "JSON output is not a list")
+    extents: list[Extent] = []
+    expect = start or 0
+    for row in rows:
+        try:
+            ext = Extent(
+                start=int(row["start"]),
+                length=int(row["length"]),
+                data=bool(row["data"]),
+                zero=bool(row["zero"]),
+                offset=int(row["offset"]) if "offset" in row else None,
+            )
+            depth = int(row.get("depth", 0))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise QemuImgError("map", 0, f"unexpected map entry {row!r} ({exc})") from None
+        # The storage layer reads the file at these offsets, so every invariant it relies on is checked.
+        if depth != 0:
+            raise QemuImgError("map", 0, f"extent at {ext.start} comes from a backing file (depth {depth})")
+        if ext.start != expect or ext.length <= 0 or (ext.offset is not None and ext.offset < 0):
+            raise QemuImgError("map", 0, f"map is not contiguous at {expect}: {row!r}")
+        expect = ext.start + ext.length
+        extents.append(ext)
+    return extents
+
+
+def convert(
+    src: str | os.PathLike[str],
+    src_fmt: str,
+    dst: str | os.PathLike[str],
+    dst_fmt: str,
+    *,
+    options: dict[str, str] | None = None,
+    progress: Callable[[float], None] | None = None,
+    sparse: bool = True,
+    compress: bool = False,
+    limits: Limits | None = None,
+) -> None:
+    """``qemu-img convert`` src → dst (dst is created or overwritten; removed again if the run fails).
+
+    ``progress(percent)`` is called as qemu-img reports it (0.0 … 100.0). ``sparse=False`` writes zero
+    runs out (``-S 0``); by default all-zero 4 KiB runs become holes. vpc output gets ``force_size=on``
+    unless given, so the virtual size is exact rather than CHS-rounded. ``compress`` is ``-c``
+    (qcow2/vmdk). A vmdk streamOptimized output is ``options={"subformat": "streamOptimized"}``.
+    """
+    _check_driver(dst_fmt)
+    opts = dict(options or {})
+    if dst_fmt == "vpc":
+        opts.setdefault("force_size", "on")
+    dst_path = _abs(dst)
+    args = ["convert", "-p", "-f", src_fmt, "-O", dst_fmt]
+    if opts:
+        args += ["-o", _options_arg(opts)]
+    if not sparse:
+        args += ["-S", "0"]
+    if compress:
+        args.append("-c")
+    args += [source_spec(src, src_fmt), dst_path]
+
+    last = [-1.0]
+    pending = [b""]
+
+    def on_stdout(chunk: bytes) -> None:
+        # qemu-img -p writes "    (12.34/100%)\r" repeatedly; a report may straddle two reads.
+        buf = pending[0] + chunk
+        cut = buf.rfind(b"\r") + 1
+        pending[0] = buf[cut:][-256:]
+        for match in _PROGRESS_RE.finditer(buf[:cut]):
+            pct = float(match.group(1))
+            if pct != last[0] and progress is not None:
+                last[0] = pct
+                progress(pct)
+
+    try:
+        _run(args, limits or CONVERT_LIMITS, on_stdout=on_stdout, keep_stdout=False)
+    except BaseException:
+        # A partial output is worse than none: nobody should mistake it for a finished image.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(dst_path)
+        raise
+
+
+def compare(
+    a: str | os.PathLike[str],
+    a_fmt: str,
+    b: str | os.PathLike[str],
+    b_fmt: str,
+    *,
+    limits: Limits | None = None,
+) -> bool:
+    """True iff the two images read the same (``qemu-img compare``, non-strict: unallocated == zeros,
+    and a longer image matches if its tail reads as zeros). False on exit 1, QemuImgError otherwise."""
+    code, _ = _run(
+        ["compare", "-f", a_fmt, "-F", b_fmt, source_spec(a, a_fmt), source_spec(b, b_fmt)],
+        limits or CONVERT_LIMITS,
+        ok_codes=(0, 1),
+    )
+    return code == 0
+
+
+def create(
+    path: str | os.PathLike[str],
+    fmt: str,
+    size: int,
+    *,
+    backing: str | None = None,
+    backing_fmt: str | None = None,
+    options: dict[str, str] | None = None,
+    objects: Sequence[str] = (),
+    limits: Limits | None = None,
+) -> None:
+    """``qemu-img create``. With ``backing``, ``-u`` is passed: qemu-img records the name without
+    opening it (Stratus never lets qemu-img open a backing file), so ``backing_fmt`` is required.
+    ``objects`` are ``--object`` specs, e.g. a ``secret`` for LUKS."""
+    _check_driver(fmt, DRIVERS | _CREATE_ONLY_DRIVERS)
+    args = ["create", "-q", "-f", fmt]
+    for obj in objects:
+        args += ["--object", obj]
+    if backing is not None:
+        if not backing_fmt:
+            raise ValueError("backing_fmt is required with backing")
+        args += ["-u", "-b", backing, "-F", backing_fmt]
+    if options:
+        args += ["-o", _options_arg(options)]
+    args += [_abs(path), str(int(size))]
+    _run(args, limits or INSPECT_LIMITS)
+
+
+def check(path: str | os.PathLike[str], fmt: str, *, limits: Limits | None = None) -> dict[str, Any] | None:
+    """``qemu-img check --output=json`` (metadata consistency), or None when the format has no check
+    (raw, vpc). The dict has ``check-errors`` and, when found, ``corruptions`` / ``leaks``; exit codes
+    2 (corruptions) and 3 (leaks only) still return the report. Exit 1 ("check not completed", e.g. a
+    vmdk grain table pointing past EOF) prints no JSON and raises QemuImgError."""
+    args = ["check", "-f", fmt, "--output=json", source_spec(path, fmt)]
+    code, out = _run(args, limits or INSPECT_LIMITS, ok_codes=(0, 2, 3, 63))
+    if code == 63:  # "This image format does not support checks"
+        return None
+    result = _json("check", out)
+    if not isinstance(result, dict):
+        raise QemuImgError("check", code, "JSON output is not an object")
+    return result

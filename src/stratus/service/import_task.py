@@ -1,0 +1,161 @@
+"""The `import` task: fetch each disk (URL or finished upload), inspect it, store its chunks.
+
+Stages per disk: fetch (skipped for uploads) → inspect → ingest. The image turns NORMAL only in the
+transaction that records the last manifest, after every chunk is durable in the store, so a crash at
+any point leaves IMPORTING (resumed by the next worker: chunks already stored are not written again)
+or IMPORTFAILED with a reason, never a NORMAL image with a missing chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, select, update
+
+from stratus.catalog.models import Image, ImageDisk, Manifest, Upload
+from stratus.disk.inspect import inspect_file
+from stratus.domain.states import ImageState
+from stratus.service.context import Services
+from stratus.service.images import set_image_state
+from stratus.storage.fetch import fetch_url
+from stratus.storage.ingest import ingest_disk
+from stratus.tasks.runner import TaskCancelled, TaskContext
+
+log = logging.getLogger(__name__)
+
+FETCH_SHARE = 0.4  # share of a URL disk's progress spent downloading
+
+
+def disk_label(index: int) -> str:
+    return "system disk" if index == 0 else f"data disk {index}"
+
+
+def upload_path(svc: Services, upload_id: str) -> Path:
+    return svc.settings.uploads_dir / upload_id
+
+
+class ImportHandler:
+    def __init__(self, svc: Services) -> None:
+        self.svc = svc
+
+    def _work_dir(self, ctx: TaskContext) -> Path:
+        return self.svc.settings.tmp_dir / f"task-{ctx.task_id}"
+
+    def _progress(self, ctx: TaskContext, stage: str, pct: float) -> None:
+        last = getattr(ctx, "_image_pct", -1.0)
+        ctx.report(stage, pct)
+        if int(pct) != int(last):
+            ctx._image_pct = pct  # type: ignore[attr-defined]
+            with self.svc.db.write() as s:
+                s.execute(update(Image).where(Image.id == ctx.image_id).values(progress=pct))
+
+    def run(self, ctx: TaskContext) -> dict[str, Any]:
+        svc = self.svc
+        assert ctx.region and ctx.image_id
+        region = svc.region(ctx.region)
+        store = svc.store(ctx.region)
+        with svc.db.read() as s:
+            state = s.scalar(select(Image.state).where(Image.id == ctx.image_id))
+        if state != ImageState.IMPORTING:
+            raise TaskCancelled(f"image {ctx.image_id} is {state or 'gone'}; nothing to import")
+        disks: list[dict[str, Any]] = ctx.payload["disks"]
+        done: dict[str, Any] = ctx.payload.get("done", {})
+        work = self._work_dir(ctx)
+        work.mkdir(parents=True, exist_ok=True)
+        share = 100.0 / len(disks)
+        for index, src in enumerate(disks):
+            if str(index) in done:
+                continue
+            base = index * share
+            label = disk_label(index)
+            try:
+                if "upload_id" in src:
+                    path = upload_path(svc, src["upload_id"])
+                    fetch_share = 0.0
+                else:
+                    path = work / f"disk{index}.src"
+                    fetch_share = FETCH_SHARE
+                    limits = svc.settings.limits
+
+                    def on_fetch(received: int, total: int | None, base: float = base) -> None:
+                        if total:
+                            self._progress(ctx, "fetch", base + share * fetch_share * received / total)
+                        else:
+                            ctx.report("fetch", base)
+
+                    self._progress(ctx, "fetch", base)
+                    fetch_url(
+                        src["url"], path, allow=svc.settings.import_url_allow, max_bytes=limits.max_download_bytes,
+                        timeout=limits.download_timeout_seconds, connect_timeout=limits.download_connect_timeout_seconds,
+                        max_redirects=limits.max_redirects, progress=on_fetch, should_stop=ctx.should_stop,
+                    )
+                self._progress(ctx, "inspect", base + share * fetch_share)
+                inspection = inspect_file(
+                    path, declared=src.get("declared"), max_virtual_size=svc.settings.limits.max_virtual_size,
+                    allow_iso=bool(ctx.payload.get("force")),
+                )
+
+                def on_ingest(done_bytes: int, total: int, base: float = base, fs: float = fetch_share) -> None:
+                    frac = done_bytes / total if total else 1.0
+                    self._progress(ctx, "ingest", base + share * (fs + (1 - fs) * frac))
+
+                result = ingest_disk(
+                    path, inspection.qemu_format, store, region.chunk_size, progress=on_ingest,
+                    should_stop=ctx.should_stop, tmp_dir=work,
+                )
+            except Exception as exc:
+                if ctx.should_stop():
+                    raise
+                reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+                raise ImportFailed(f"{label}: {reason}") from exc
+            manifest = result.manifest
+            digest = manifest.digest()
+            with svc.db.write() as s:
+                if s.get(Manifest, (ctx.region, digest)) is None:
+                    s.add(Manifest(region=ctx.region, digest=digest, body=manifest.to_json(),
+                                   virtual_size=manifest.virtual_size))
+                s.execute(
+                    update(ImageDisk)
+                    .where(ImageDisk.image_id == ctx.image_id, ImageDisk.index == index)
+                    .values(manifest_digest=digest, virtual_size=manifest.virtual_size,
+                            stored_bytes=result.data_bytes, source_format=inspection.format)
+                )
+            done[str(index)] = {"manifest": digest, "new_bytes": result.new_bytes}
+            ctx.checkpoint({"done": done})
+            if path.parent == work:
+                path.unlink(missing_ok=True)
+        with svc.db.write() as s:
+            state = s.scalar(select(Image.state).where(Image.id == ctx.image_id))
+            if state != ImageState.IMPORTING:
+                raise TaskCancelled(f"image {ctx.image_id} is {state or 'gone'}")
+            set_image_state(s, ctx.image_id, ImageState.NORMAL, progress=100.0)
+        self._cleanup(ctx)
+        return {"disks": done}
+
+    def fail(self, ctx: TaskContext, reason: str) -> None:
+        with self.svc.db.write() as s:
+            state = s.scalar(select(Image.state).where(Image.id == ctx.image_id))
+            if state == ImageState.IMPORTING:
+                set_image_state(s, ctx.image_id, ImageState.IMPORTFAILED, reason=reason)
+        self._cleanup(ctx)
+
+    def _cleanup(self, ctx: TaskContext) -> None:
+        shutil.rmtree(self._work_dir(ctx), ignore_errors=True)
+        # An upload is consumed by its import, whatever the outcome: the bytes live on as chunks.
+        upload_ids = [d["upload_id"] for d in ctx.payload.get("disks", []) if "upload_id" in d]
+        if upload_ids:
+            with self.svc.db.write() as s:
+                s.execute(delete(Upload).where(Upload.id.in_(upload_ids)))
+            for upload_id in upload_ids:
+                upload_path(self.svc, upload_id).unlink(missing_ok=True)
+
+
+class ImportFailed(Exception):
+    """An import failed for a reason its owner can act on."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message

@@ -1,0 +1,481 @@
+"""A chunk store in a local directory.
+
+Layout (every chunk checkable with ``b3sum``: its file name is the BLAKE3 of its bytes)::
+
+    root/
+      chunks/ab/cd/abcd…(64 hex)       a chunk, read-only (0444)
+      chunks/ab/cd/tmp.abcd….<rand>     a chunk being written (removed by gc when stale)
+      chunks/ab/cd/gc.abcd….<rand>      a chunk gc is deleting (restored by gc if left behind)
+      tmp/                              scratch space on the same filesystem (conversions, exports)
+
+Rules:
+
+* A digest is validated before any path is built from it, so no name can reach outside ``chunks/``.
+* A chunk name never exists unless its bytes are durable: bytes go to a temp file in the chunk's own
+  directory, which is fsynced and then renamed. The rename (the directory entry) becomes durable at the
+  directory fsync: at once in :meth:`DirStore.put`, at :meth:`ChunkWriter.commit` in a batch. Whoever
+  records a manifest must commit first.
+* Every read re-hashes (:meth:`DirStore.get`); a mismatch is :class:`ChunkCorrupt`, never data.
+* :meth:`DirStore.touch` refreshes a chunk's mtime; gc spares chunks younger than its grace period. Deletion
+  under gc (:meth:`DirStore.delete` with ``unless_touched_since``) first renames the chunk away and only then
+  looks at its mtime, so a concurrent ``touch`` either lands before (the chunk is kept) or fails with the
+  chunk missing (and the writer writes it again). There is no window in which a chunk someone has just
+  touched disappears.
+
+Method names are the generic chunk-store verbs (``has``, ``put``, ``get``, ``touch``, ``delete``,
+``iter_chunks``), so an object store can follow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import stat
+import threading
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import blake3
+
+from stratus.domain.manifest import MAX_CHUNK_SIZE, is_digest
+
+TEMP_PREFIX = "tmp."  # a chunk being written: tmp.<digest>.<rand>
+TRASH_PREFIX = "gc."  # a chunk gc is deleting: gc.<digest>.<rand>
+_CHUNK_MODE = 0o444  # chunks are immutable; read-only files guard against accidental in-place edits
+
+
+class StoreError(Exception):
+    """A chunk store operation failed."""
+
+
+class InvalidDigest(StoreError, ValueError):
+    """Not a lowercase hex BLAKE3 digest; no path is built from it."""
+
+
+class ChunkMissing(StoreError):
+    """The store has no chunk with this digest."""
+
+    def __init__(self, digest: str) -> None:
+        self.digest = digest
+        super().__init__(f"chunk {digest} is missing from the store; `stratus fsck` lists what else is")
+
+
+class ChunkCorrupt(StoreError):
+    """The chunk's bytes don't hash to its name (damaged on disk, or the caller passed wrong bytes)."""
+
+    def __init__(self, digest: str, actual: str | None = None, detail: str = "") -> None:
+        self.digest = digest
+        self.actual = actual
+        msg = f"chunk {digest} is corrupt"
+        if actual:
+            msg += f" (its bytes hash to {actual})"
+        if detail:
+            msg += f": {detail}"
+        super().__init__(msg + "; run `stratus fsck`, then re-import or re-copy the images that use it")
+
+
+@dataclass(frozen=True)
+class ChunkInfo:
+    digest: str
+    size: int
+    mtime: float
+
+
+@dataclass(frozen=True)
+class TempFile:
+    """A file in the store that is not a chunk: an interrupted write, a gc leftover or scratch."""
+
+    path: Path
+    kind: Literal["write", "trash", "scratch"]
+    size: int
+    mtime: float
+    digest: str | None  # the chunk it belongs to (write/trash), None for scratch
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    chunks: int
+    bytes: int
+    temp_files: int
+    temp_bytes: int
+
+
+def check_digest(digest: object) -> str:
+    if not is_digest(digest):
+        raise InvalidDigest(f"not a lowercase hex BLAKE3 digest: {digest!r:.80}")
+    assert isinstance(digest, str)
+    return digest
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+class DirStore:
+    """Chunks as files under ``root`` (created if missing). See the module docstring for the layout."""
+
+    def __init__(self, root: Path | str, *, durable: bool = True) -> None:
+        # durable=False skips every fsync: only for scratch stores (benchmarks measuring fsync's cost).
+        self.root = Path(root)
+        self.chunks_dir = self.root / "chunks"
+        self.scratch_dir = self.root / "tmp"
+        self.durable = durable
+        self._known_dirs: set[Path] = set()
+        self._dirs_lock = threading.Lock()
+        for d in (self.root, self.chunks_dir, self.scratch_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"DirStore({str(self.root)!r})"
+
+    # --- paths
+
+    def path_for(self, digest: str) -> Path:
+        """Where chunk ``digest`` lives (whether or not it exists)."""
+        d = check_digest(digest)
+        return self.chunks_dir / d[:2] / d[2:4] / d
+
+    def _ensure_dir(self, digest: str, dirty: set[Path]) -> Path:
+        """Create chunks/ab/cd as needed; a directory we create makes its parent dirty (needs fsync)."""
+        leaf = self.chunks_dir / digest[:2] / digest[2:4]
+        if leaf in self._known_dirs:
+            return leaf
+        for path in (leaf.parent, leaf):
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue
+            dirty.add(path.parent)
+        with self._dirs_lock:
+            self._known_dirs.add(leaf)
+        return leaf
+
+    # --- the store verbs
+
+    def has(self, digest: str) -> bool:
+        return self.path_for(digest).is_file()
+
+    def put(self, digest: str, data: bytes | bytearray | memoryview) -> bool:
+        """Store ``data`` under ``digest`` durably; True if newly written, False if it was already there
+        (then its mtime is refreshed, see :meth:`touch`). Raises ChunkCorrupt if ``data`` doesn't hash to
+        ``digest`` (nothing is written)."""
+        check_digest(digest)
+        actual = blake3.blake3(data).hexdigest()
+        if actual != digest:
+            raise ChunkCorrupt(digest, actual, "refusing to store bytes under another digest")
+        if self.touch(digest):
+            return False
+        dirty: set[Path] = set()
+        self._write(digest, data, dirty)
+        self._sync_dirs(dirty)
+        return True
+
+    def get(self, digest: str) -> bytes:
+        """The chunk's bytes, re-hashed: ChunkMissing if absent, ChunkCorrupt if they don't match."""
+        path = self.path_for(digest)
+        try:
+            with open(path, "rb", buffering=0) as f:
+                data = f.read(MAX_CHUNK_SIZE + 1)  # bounded: a chunk file can't legitimately be larger
+        except FileNotFoundError:
+            raise ChunkMissing(digest) from None
+        if len(data) > MAX_CHUNK_SIZE:
+            raise ChunkCorrupt(digest, None, f"file is larger than the largest chunk ({MAX_CHUNK_SIZE} B)")
+        actual = blake3.blake3(data).hexdigest()
+        if actual != digest:
+            raise ChunkCorrupt(digest, actual)
+        return data
+
+    def verify(self, digest: str) -> bool:
+        """Re-hash the stored chunk: True if intact, False if damaged; ChunkMissing if absent."""
+        path = self.path_for(digest)
+        try:
+            size = path.stat().st_size
+            if size > MAX_CHUNK_SIZE:
+                return False
+            hasher = blake3.blake3()
+            if size:  # mmap of an empty file fails; an empty chunk can only be damage anyway
+                hasher.update_mmap(path)
+        except FileNotFoundError:
+            raise ChunkMissing(digest) from None
+        return hasher.hexdigest() == digest
+
+    def touch(self, digest: str) -> bool:
+        """Refresh the chunk's mtime so gc's grace period protects it; False if the chunk is missing."""
+        try:
+            os.utime(self.path_for(digest))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def delete(self, digest: str, *, unless_touched_since: float | None = None) -> bool:
+        """Remove a chunk; True if this call removed it.
+
+        With ``unless_touched_since`` (a time.time() value) the chunk survives if its mtime is at or after
+        that time, checked *after* the chunk has been renamed away, so a concurrent :meth:`touch` can't slip
+        between the check and the unlink (see the module docstring).
+        """
+        path = self.path_for(digest)
+        if unless_touched_since is None:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                return False
+            return True
+        trash = path.with_name(f"{TRASH_PREFIX}{digest}.{secrets.token_hex(4)}")
+        try:
+            os.rename(path, trash)
+        except FileNotFoundError:
+            return False
+        try:
+            recent = trash.stat().st_mtime >= unless_touched_since
+        except FileNotFoundError:  # another gc restored it meanwhile
+            return False
+        if recent:
+            os.rename(trash, path)  # a writer may have re-created it meanwhile: same bytes, either is fine
+            return False
+        trash.unlink()
+        return True
+
+    def writer(self) -> ChunkWriter:
+        """A batch writer: chunk files are fsynced as written, their directories once at commit()."""
+        return ChunkWriter(self)
+
+    # --- listing
+
+    def scan(self) -> Iterator[ChunkInfo | TempFile]:
+        """Every chunk and every temp/trash/scratch file in the store; ignores anything else."""
+        for top in _scandir_sorted(self.chunks_dir):
+            if not (top.is_dir(follow_symlinks=False) and _is_hex(top.name, 2)):
+                continue
+            for mid in _scandir_sorted(top.path):
+                if not (mid.is_dir(follow_symlinks=False) and _is_hex(mid.name, 2)):
+                    continue
+                prefix = top.name + mid.name
+                for entry in _scandir_sorted(mid.path):
+                    item = _classify(entry, prefix)
+                    if item is not None:
+                        yield item
+        for entry in _scandir_sorted(self.scratch_dir):
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                continue  # scratch users make files, never directories
+            yield TempFile(Path(entry.path), "scratch", st.st_size, st.st_mtime, None)
+
+    def iter_chunks(self) -> Iterator[ChunkInfo]:
+        for item in self.scan():
+            if isinstance(item, ChunkInfo):
+                yield item
+
+    def iter_temp_files(self) -> Iterator[TempFile]:
+        for item in self.scan():
+            if isinstance(item, TempFile):
+                yield item
+
+    def stats(self) -> StoreStats:
+        chunks = nbytes = temps = tbytes = 0
+        for item in self.scan():
+            if isinstance(item, ChunkInfo):
+                chunks += 1
+                nbytes += item.size
+            else:
+                temps += 1
+                tbytes += item.size
+        return StoreStats(chunks, nbytes, temps, tbytes)
+
+    def remove_temp(self, temp: TempFile) -> bool:
+        """Clean up a leftover: delete an interrupted write or scratch file, restore a gc trash file
+        (restoring is always safe: gc keeps a chunk one more round rather than losing one)."""
+        if temp.kind == "trash":
+            assert temp.digest is not None
+            target = self.path_for(temp.digest)
+            try:
+                if target.exists():
+                    temp.path.unlink()
+                else:
+                    os.rename(temp.path, target)
+            except FileNotFoundError:
+                return False
+            return True
+        try:
+            temp.path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    # --- internals shared with ChunkWriter
+
+    def _write(self, digest: str, data: bytes | bytearray | memoryview, dirty: set[Path]) -> None:
+        """Write one chunk (fsync, rename); adds the directories whose fsync makes it durable to ``dirty``."""
+        leaf = self._ensure_dir(digest, dirty)
+        tmp = leaf / f"{TEMP_PREFIX}{digest}.{secrets.token_hex(4)}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        try:
+            fd = os.open(tmp, flags, _CHUNK_MODE)
+        except FileNotFoundError:  # the directory went away under our cache (removed by hand): once more
+            with self._dirs_lock:
+                self._known_dirs.discard(leaf)
+            leaf = self._ensure_dir(digest, dirty)
+            fd = os.open(tmp, flags, _CHUNK_MODE)
+        try:
+            try:
+                _write_all(fd, data)
+                if self.durable:
+                    os.fsync(fd)  # bytes durable *before* the name exists
+            finally:
+                os.close(fd)
+            os.rename(tmp, leaf / digest)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
+        dirty.add(leaf)
+
+    def _sync_dirs(self, dirs: Iterable[Path]) -> None:
+        if not self.durable:
+            return
+        # Children before parents is not required for correctness (all are synced before returning), but
+        # deepest first lets the filesystem commit one journal transaction for most of them.
+        ordered = sorted(dirs, key=lambda p: len(p.parts), reverse=True)
+        if len(ordered) <= 4:
+            for d in ordered:
+                _fsync_dir(d)
+            return
+        with ThreadPoolExecutor(max_workers=8, thread_name_prefix="dirsync") as pool:
+            list(pool.map(_fsync_dir, ordered))
+
+
+class ChunkWriter:
+    """Writes many chunks with one durability barrier: :meth:`commit`.
+
+    Thread-safe: many threads may call :meth:`put_data` at once. Each chunk file is fsynced before it gets
+    its name (so a name never points at lost bytes); the directory entries become durable at
+    :meth:`commit`, which the caller must call before recording anything that references the chunks.
+    Digests already written or touched through this writer are not touched again.
+    """
+
+    def __init__(self, store: DirStore) -> None:
+        self.store = store
+        self._lock = threading.Lock()
+        self._dirty: set[Path] = set()
+        self._seen: set[str] = set()
+        self.new_chunks = 0
+        self.new_bytes = 0
+        self.reused_chunks = 0
+
+    def put_data(self, data: bytes | bytearray | memoryview) -> tuple[str, bool]:
+        """Hash ``data`` and store it unless present: (digest, newly written). Because the digest is
+        computed here from the bytes being written, there is nothing to verify."""
+        digest = blake3.blake3(data).hexdigest()
+        return digest, self._put(digest, data)
+
+    def put(self, digest: str, data: bytes | bytearray | memoryview) -> bool:
+        """Like :meth:`DirStore.put` (verifies ``data`` against ``digest``), durable at :meth:`commit`."""
+        check_digest(digest)
+        actual = blake3.blake3(data).hexdigest()
+        if actual != digest:
+            raise ChunkCorrupt(digest, actual, "refusing to store bytes under another digest")
+        return self._put(digest, data)
+
+    def _put(self, digest: str, data: bytes | bytearray | memoryview) -> bool:
+        with self._lock:
+            if digest in self._seen:  # the same content twice in one batch (or in flight in another thread)
+                self.reused_chunks += 1
+                return False
+            self._seen.add(digest)
+        try:
+            if self.store.touch(digest):
+                with self._lock:
+                    self.reused_chunks += 1
+                return False
+            dirty: set[Path] = set()
+            self.store._write(digest, data, dirty)
+        except BaseException:
+            with self._lock:
+                self._seen.discard(digest)
+            raise
+        with self._lock:
+            self._dirty |= dirty
+            self.new_chunks += 1
+            self.new_bytes += len(memoryview(data))
+        return True
+
+    def commit(self) -> None:
+        """Make every chunk put so far durable under its name (fsync the directories touched)."""
+        with self._lock:
+            dirty, self._dirty = self._dirty, set()
+        self.store._sync_dirs(dirty)
+
+    def __enter__(self) -> ChunkWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.commit()
+
+
+def _scandir_sorted(path: str | os.PathLike[str]) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(path) as it:
+            return sorted(it, key=lambda e: e.name)
+    except FileNotFoundError:
+        return []
+    except NotADirectoryError:
+        return []
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def _is_hex(name: str, length: int) -> bool:
+    return len(name) == length and set(name) <= _HEX
+
+
+def _classify(entry: os.DirEntry[str], prefix: str) -> ChunkInfo | TempFile | None:
+    name = entry.name
+    try:
+        st = entry.stat(follow_symlinks=False)
+    except FileNotFoundError:
+        return None  # removed while we listed
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    if is_digest(name):
+        # A valid digest in the wrong directory is not reachable by path_for(): not a chunk.
+        return ChunkInfo(name, st.st_size, st.st_mtime) if name.startswith(prefix) else None
+    for marker, kind in ((TEMP_PREFIX, "write"), (TRASH_PREFIX, "trash")):
+        if name.startswith(marker):
+            digest = name[len(marker) : len(marker) + 64]
+            if is_digest(digest) and digest.startswith(prefix):
+                return TempFile(Path(entry.path), kind, st.st_size, st.st_mtime, digest)  # type: ignore[arg-type]
+    return None
+
+
+__all__ = [
+    "ChunkCorrupt",
+    "ChunkInfo",
+    "ChunkMissing",
+    "ChunkWriter",
+    "DirStore",
+    "InvalidDigest",
+    "StoreError",
+    "StoreStats",
+    "TempFile",
+    "check_digest",
+]

@@ -1,0 +1,655 @@
+"""Server-side pull of an image file from an http(s) URL (ImportImage), hardened against SSRF.
+
+The URL comes from an API caller, so the server must not become a proxy into its own network:
+
+* only ``http``/``https``; no userinfo;
+* the host is resolved once, *every* resolved address must pass the address policy
+  (:func:`denied_reason`), and the connection goes to that exact validated IP: the request is sent
+  to an IP-literal URL with the original ``Host`` header, so no second DNS lookup can rebind the
+  name between check and connect;
+* for https the TLS handshake uses the original host name for SNI *and* certificate verification
+  (httpcore passes the ``sni_hostname`` request extension as ``server_hostname`` to
+  ``SSLContext.wrap_socket``, and ``check_hostname`` verifies against that name, not the IP);
+* redirects are followed by hand, each hop re-checked like the first;
+* size and wall-clock time are bounded, and the partial file is removed on any failure.
+
+Blocking network I/O runs in a helper thread so the caller's thread can enforce the overall
+deadline and poll ``should_stop`` even while the server is silent; the callbacks are always
+invoked on the caller's thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import queue
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+__all__ = [
+    "FetchError",
+    "FetchFailed",
+    "FetchRefused",
+    "FetchResult",
+    "check_url_syntax",
+    "denied_reason",
+    "fetch_url",
+    "is_address_allowed",
+]
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+ALLOW_ENV = "STRATUS_IMPORT_URL_ALLOW"
+BLOCK_SIZE = 1 << 20  # write granularity: bounded memory, few syscalls
+_TICK = 0.1  # progress / should_stop / deadline polling interval (about 10x per second)
+_REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+# Indirections so tests can fake DNS and trust a private CA without touching the real system.
+_getaddrinfo = socket.getaddrinfo
+
+
+def _tls_context() -> ssl.SSLContext:
+    # httpx's default trust (certifi, or SSL_CERT_FILE / SSL_CERT_DIR if the operator sets them),
+    # with hostname checking on: the name checked is the SNI name we pass, i.e. the URL's host.
+    return httpx.create_ssl_context()
+
+
+# --------------------------------------------------------------------------------------------
+# Errors and result
+
+
+class FetchError(Exception):
+    """Base class. ``reason`` is a short machine name; ``str(e)`` says what to do about it."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class FetchRefused(FetchError):
+    """Refused by policy: scheme, no_host, userinfo, invalid_url, address_not_allowed,
+    too_many_redirects, dns."""
+
+
+class FetchFailed(FetchError):
+    """Transport or HTTP failure: http_status, too_large, timeout, connect, truncated, cancelled."""
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    size: int
+    final_url: str
+    content_type: str | None
+
+
+# --------------------------------------------------------------------------------------------
+# Address policy
+
+_V4_DENIED: tuple[tuple[ipaddress.IPv4Network, str], ...] = tuple(
+    (ipaddress.IPv4Network(net), what)
+    for net, what in (
+        ("0.0.0.0/8", "a 'this network' address (0.0.0.0/8)"),
+        ("10.0.0.0/8", "a private (RFC 1918) address"),
+        ("100.64.0.0/10", "a carrier-grade NAT shared address (100.64.0.0/10)"),
+        ("127.0.0.0/8", "a loopback address"),
+        ("169.254.0.0/16", "a link-local address"),
+        ("172.16.0.0/12", "a private (RFC 1918) address"),
+        ("192.0.0.0/24", "an IETF protocol-assignment address"),
+        ("192.0.2.0/24", "a documentation address"),
+        ("192.168.0.0/16", "a private (RFC 1918) address"),
+        ("198.18.0.0/15", "a benchmarking address"),
+        ("198.51.100.0/24", "a documentation address"),
+        ("203.0.113.0/24", "a documentation address"),
+        ("224.0.0.0/4", "a multicast address"),
+        ("240.0.0.0/4", "a reserved address"),  # includes the 255.255.255.255 broadcast
+    )
+)
+
+_V6_DENIED: tuple[tuple[ipaddress.IPv6Network, str], ...] = tuple(
+    (ipaddress.IPv6Network(net), what)
+    for net, what in (
+        ("64:ff9b:1::/48", "a local-use NAT64 address"),
+        ("100::/64", "a discard-only address"),
+        ("2001::/23", "an IETF protocol-assignment address (e.g. Teredo)"),
+        ("2001:db8::/32", "a documentation address"),
+        ("fc00::/7", "a unique-local (private) address"),
+        ("fe80::/10", "a link-local address"),
+        ("fec0::/10", "a site-local address"),
+        ("ff00::/8", "a multicast address"),
+    )
+)
+
+_V4_COMPAT = ipaddress.IPv6Network("::/96")
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_METADATA = ipaddress.IPv4Address("169.254.169.254")
+
+
+def _embedded_v4(ip: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, str] | None:
+    """The IPv4 address an IPv6 form would actually reach (mapped, compatible, NAT64, 6to4)."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped, "an IPv4-mapped form of"
+    if ip in _V4_COMPAT and int(ip) > 1:  # :: and ::1 are their own thing
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF), "an IPv4-compatible form of"
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF), "a NAT64 form of"
+    if ip.sixtofour is not None:
+        return ip.sixtofour, "a 6to4 form of"
+    return None
+
+
+def _classify(ip: Address) -> str | None:
+    """Why ``ip`` is denied by default (an indefinite noun phrase), or None if it is public."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.scope_id:
+            ip = ipaddress.IPv6Address(str(ip).split("%", 1)[0])
+        if int(ip) == 0:
+            return "the unspecified address"
+        if int(ip) == 1:
+            return "a loopback address"
+        embedded = _embedded_v4(ip)
+        if embedded is not None:
+            # The embedded address decides: these forms reach it on a dual-stack/NAT64 host.
+            v4, form = embedded
+            inner = _classify(v4)
+            return f"{form} {v4}, {inner}" if inner else None
+        table: Sequence[tuple[Network, str]] = _V6_DENIED
+    else:
+        if int(ip) == 0:
+            return "the unspecified address"
+        if ip == _METADATA:
+            return "the link-local cloud metadata address"
+        table = _V4_DENIED
+    for net, what in table:
+        if ip in net:
+            return what
+    # Backstop for anything the tables miss (Python's IANA special-purpose registry).
+    if ip.is_multicast:
+        return "a multicast address"
+    if ip.is_reserved:
+        return "a reserved address"
+    if not ip.is_global:
+        return "a special-purpose (non-public) address"
+    return None
+
+
+def _operator_allows(ip: Address, allow: Sequence[Network]) -> bool:
+    candidates: list[Address] = [ip]
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = _embedded_v4(ip)
+        if embedded is not None:
+            candidates.append(embedded[0])  # allowing 127.0.0.2/32 also admits ::ffff:127.0.0.2
+    # `in` is simply False across IP versions.
+    return any(c in net for c in candidates for net in allow)
+
+
+def denied_reason(address: Address | str, allow: Sequence[Network] = ()) -> str | None:
+    """Why fetching from ``address`` is refused (e.g. "a loopback address"), or None if permitted.
+
+    Pure function, no network traffic. An address inside an ``allow`` network is always permitted.
+    """
+    ip = ipaddress.ip_address(address) if isinstance(address, str) else address
+    if _operator_allows(ip, allow):
+        return None
+    return _classify(ip)
+
+
+def is_address_allowed(address: Address | str, allow: Sequence[Network] = ()) -> bool:
+    return denied_reason(address, allow) is None
+
+
+def _admit_hint(ip: Address) -> str:
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = _embedded_v4(ip)
+        if embedded is not None:
+            return f"{embedded[0]}/32"
+        return f"{ip}/128"
+    return f"{ip}/32"
+
+
+# --------------------------------------------------------------------------------------------
+# URL checks
+
+
+def _parse(url: str) -> httpx.URL:
+    try:
+        return httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError) as exc:
+        raise FetchRefused(
+            "invalid_url", f"The import URL {url!r} cannot be parsed ({exc}); check it and try again."
+        ) from None
+
+
+def _check_parsed(url: httpx.URL, shown: str) -> None:
+    if url.scheme not in _DEFAULT_PORTS:
+        scheme = f"{url.scheme}:" if url.scheme else "a URL without a scheme"
+        raise FetchRefused(
+            "scheme",
+            f"Only http:// and https:// URLs can be imported, and {shown!r} uses {scheme}; "
+            "serve the image over HTTP(S) or upload it instead.",
+        )
+    if not url.raw_host:
+        raise FetchRefused("no_host", f"The import URL {shown!r} has no host; give a full http(s):// URL.")
+    if url.userinfo:
+        raise FetchRefused(
+            "userinfo",
+            "The import URL contains a user name or password, which is not accepted; "
+            "use a URL that is readable without credentials (for example a pre-signed URL).",
+        )
+
+
+def check_url_syntax(url: str) -> None:
+    """Cheap request-time check (no DNS): http/https only, a host present, no userinfo."""
+    _check_parsed(_parse(url), url)
+
+
+# --------------------------------------------------------------------------------------------
+# Deadline / cancellation / progress, all on the caller's thread
+
+
+class _Watch:
+    def __init__(
+        self,
+        timeout: float,
+        should_stop: Callable[[], bool] | None,
+        progress: Callable[[int, int | None], None] | None,
+    ) -> None:
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
+        self._should_stop = should_stop
+        self._progress = progress
+        self._stop_at = 0.0
+        self._progress_at = 0.0
+        self.host = ""
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def check(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if now >= self.deadline:
+            raise self.timed_out()
+        # Throttled: should_stop may be costly (e.g. a database read).
+        if self._should_stop is not None and (force or now - self._stop_at >= _TICK):
+            self._stop_at = now
+            if self._should_stop():
+                raise FetchFailed("cancelled", "The URL import was cancelled; nothing was kept.")
+
+    def timed_out(self) -> FetchFailed:
+        return FetchFailed(
+            "timeout",
+            f"Downloading from {self.host} did not finish within the {self.timeout:g} s limit; "
+            "use a faster or closer source, or ask an operator to raise limits.download_timeout_seconds.",
+        )
+
+    def progress(self, received: int, total: int | None, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if self._progress is not None and (force or now - self._progress_at >= _TICK):
+            self._progress_at = now
+            self._progress(received, total)
+
+
+def _resolve(host: str, port: int, watch: _Watch, connect_timeout: float) -> list[Address]:
+    """getaddrinfo in a daemon thread: the resolver has no timeout of its own."""
+    try:
+        return [ipaddress.ip_address(host)]
+    except ValueError:
+        pass
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            box["infos"] = _getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except BaseException as exc:  # handed to the caller's thread
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name=f"fetch-dns-{host}", daemon=True).start()
+    limit = time.monotonic() + connect_timeout
+    while not done.wait(min(_TICK, max(watch.remaining(), 0.001))):
+        watch.check()
+        if time.monotonic() >= limit:
+            raise FetchFailed(
+                "timeout",
+                f"Resolving {host} took longer than {connect_timeout:g} s; check the host name "
+                "or try again later.",
+            )
+    error = box.get("error")
+    if isinstance(error, (socket.gaierror, UnicodeError)):
+        detail = getattr(error, "strerror", None) or str(error)
+        raise FetchRefused("dns", f"Could not resolve {host} ({detail}); check the URL's host name.")
+    if error is not None:
+        raise error
+    addrs: list[Address] = []
+    for _family, _type, _proto, _canon, sockaddr in box["infos"]:
+        ip = ipaddress.ip_address(sockaddr[0])
+        if ip not in addrs:
+            addrs.append(ip)
+    if not addrs:
+        raise FetchRefused("dns", f"{host} has no addresses; check the URL's host name.")
+    return addrs
+
+
+def _check_addresses(host: str, addrs: Sequence[Address], allow: Sequence[Network], prefix: str) -> None:
+    for ip in addrs:  # EVERY address: a name mixing public and internal answers is refused
+        why = denied_reason(ip, allow)
+        if why is None:
+            continue
+        subject = f"{ip} is" if host == str(ip) else f"{host} resolves to {ip},"
+        raise FetchRefused(
+            "address_not_allowed",
+            f"{prefix}{subject} {why}; URL imports from it are refused. "
+            f"An operator can admit it with {ALLOW_ENV}={_admit_hint(ip)}",
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# One HTTP exchange, run in a helper thread
+
+
+class _Hop(threading.Thread):
+    """GET ``url`` from the validated ``addrs`` and stream events back through a bounded queue.
+
+    Events: ("head", response) then ("data", bytes)* then ("end", None); or ("error", exc).
+    The thread owns every httpx object; the caller only ever shuts the socket down to unblock it.
+    """
+
+    def __init__(self, url: httpx.URL, addrs: Sequence[Address], host_header: str, timeouts: httpx.Timeout):
+        super().__init__(name=f"fetch-{url.host}", daemon=True)
+        self.url = url
+        self.addrs = list(addrs)
+        self.host_header = host_header
+        self.timeouts = timeouts
+        self.events: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=64)  # <= ~4 MiB in flight
+        self._abort = threading.Event()
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+
+    # -- caller side
+
+    def cancel(self) -> None:
+        self._abort.set()
+        self._shutdown()
+
+    def next_event(self, watch: _Watch) -> tuple[str, Any]:
+        while True:
+            watch.check()
+            try:
+                return self.events.get(timeout=min(_TICK, max(watch.remaining(), 0.001)))
+            except queue.Empty:
+                continue
+
+    # -- thread side
+
+    def _shutdown(self) -> None:
+        with self._lock:
+            sock = self._sock
+        if sock is not None and self._abort.is_set():
+            # Base-class shutdown: also valid on an SSLSocket without touching its SSL state from
+            # this thread. A closed socket object has fd -1, so this can never hit a reused fd.
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    def _trace(self, name: str, info: dict[str, Any]) -> None:
+        # Capture the socket as soon as it exists so cancel() can interrupt the TLS handshake and the
+        # wait for headers too. After start_tls the plain socket is detached, so take the TLS one.
+        if name.endswith(("connect_tcp.complete", "start_tls.complete")):
+            stream = info.get("return_value")
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            with self._lock:
+                self._sock = sock
+            self._shutdown()
+
+    def _put(self, item: tuple[str, Any]) -> bool:
+        while not self._abort.is_set():
+            try:
+                self.events.put(item, timeout=_TICK)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run(self) -> None:
+        try:
+            self._exchange()
+        except BaseException as exc:  # handed to the caller's thread
+            self._put(("error", exc))
+
+    def _open(self, client: httpx.Client) -> httpx.Response:
+        extensions: dict[str, Any] = {"trace": self._trace}
+        if self.url.scheme == "https":
+            # Verify the certificate against (and send SNI for) the name, not the IP we dial.
+            extensions["sni_hostname"] = self.url.raw_host.decode("ascii")
+        headers = {
+            "Host": self.host_header,
+            # Identity: the file must land byte-for-byte, and Content-Length must mean file length.
+            "Accept-Encoding": "identity",
+            "User-Agent": "stratus-image-import",
+        }
+        for i, ip in enumerate(self.addrs):
+            target = self.url.copy_with(host=str(ip), fragment=None)
+            request = client.build_request("GET", target, headers=headers, extensions=extensions)
+            try:
+                return client.send(request, stream=True)
+            except (httpx.ConnectError, httpx.ConnectTimeout):
+                # Next validated address (e.g. ::1 then 127.0.0.1), never a fresh lookup.
+                if i + 1 == len(self.addrs) or self._abort.is_set():
+                    raise
+        raise AssertionError("unreachable: no addresses")
+
+    def _exchange(self) -> None:
+        # A fresh client per hop: no pooled connection can carry a previous hop's SNI/host, and
+        # trust_env=False keeps HTTP(S)_PROXY from routing around the address check.
+        with httpx.Client(
+            verify=_tls_context(), trust_env=False, follow_redirects=False, timeout=self.timeouts
+        ) as client:
+            response = self._open(client)
+            try:
+                if not self._put(("head", response)):
+                    return
+                if not 200 <= response.status_code < 300:
+                    return
+                for chunk in response.iter_raw():
+                    if not self._put(("data", chunk)):
+                        return
+                self._put(("end", None))
+            finally:
+                response.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Error mapping
+
+
+def _cert_problem(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(cur):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+def _transport_error(
+    exc: BaseException, watch: _Watch, *, in_body: bool, received: int, total: int | None
+) -> BaseException:
+    host = watch.host
+    if isinstance(exc, httpx.TimeoutException):
+        if isinstance(exc, httpx.ConnectTimeout):
+            return FetchFailed(
+                "timeout", f"Connecting to {host} timed out; check that the server is up and reachable."
+            )
+        return watch.timed_out()
+    if in_body and isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError)):
+        of = f" of {total}" if total is not None else ""
+        return FetchFailed(
+            "truncated",
+            f"{host} closed the connection after {received}{of} bytes; the file is incomplete. "
+            "Check the server and retry the import.",
+        )
+    if isinstance(exc, httpx.ConnectError) and _cert_problem(exc):
+        return FetchFailed(
+            "connect",
+            f"The TLS certificate of {host} could not be verified ({exc}); the server must present a "
+            f"valid certificate for {host}.",
+        )
+    if isinstance(exc, httpx.HTTPError | httpx.InvalidURL):
+        return FetchFailed(
+            "connect", f"Could not fetch from {host} ({exc or type(exc).__name__}); check the URL and retry."
+        )
+    return exc  # a programming error: let it surface unchanged
+
+
+# --------------------------------------------------------------------------------------------
+# Public entry point
+
+
+def fetch_url(
+    url: str,
+    dest: Path,
+    *,
+    allow: Sequence[Network] = (),
+    max_bytes: int,
+    timeout: float,
+    connect_timeout: float = 10,
+    max_redirects: int = 5,
+    progress: Callable[[int, int | None], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> FetchResult:
+    """Download ``url`` into ``dest`` under the SSRF policy; see the module docstring.
+
+    ``timeout`` is a wall-clock budget for the whole fetch (DNS, redirects, body). ``progress``
+    gets ``(received, total_or_None)`` about 10x per second and once at the end; ``should_stop``
+    is polled about 10x per second. Raises FetchRefused / FetchFailed; on any failure ``dest``
+    (if this call created it) is removed.
+    """
+    watch = _Watch(timeout, should_stop, progress)
+    current = _parse(url)
+    _check_parsed(current, url)
+    current = current.copy_with(fragment=None)
+    redirects = 0
+    prefix = ""  # "a redirected to b: " once we are following redirects
+    while True:
+        host = current.raw_host.decode("ascii")
+        watch.host = host
+        watch.check(force=True)
+        port = current.port or _DEFAULT_PORTS[current.scheme]
+        addrs = _resolve(host, port, watch, connect_timeout)
+        _check_addresses(host, addrs, allow, prefix)
+
+        shown_host = f"[{host}]" if ":" in host else host
+        host_header = shown_host if current.port is None else f"{shown_host}:{current.port}"
+        remaining = max(watch.remaining(), 0.001)
+        # The caller's thread enforces the deadline; these are a backstop so the helper thread can
+        # never outlive it by much, even if it cannot be interrupted.
+        timeouts = httpx.Timeout(remaining, connect=min(connect_timeout, remaining))
+        hop = _Hop(current, addrs, host_header, timeouts)
+        hop.start()
+        try:
+            kind, payload = hop.next_event(watch)
+            if kind == "error":
+                raise _transport_error(payload, watch, in_body=False, received=0, total=None)
+            response: httpx.Response = payload
+            status = response.status_code
+            if status in _REDIRECT_CODES:
+                location = response.headers.get("location")
+                if not location:
+                    raise FetchFailed(
+                        "http_status",
+                        f"{host} answered HTTP {status} without a Location header; use the file's final URL.",
+                    )
+                redirects += 1
+                if redirects > max_redirects:
+                    raise FetchRefused(
+                        "too_many_redirects",
+                        f"The import URL redirected more than {max_redirects} times (last hop {host}); "
+                        "use the file's final URL.",
+                    )
+                try:
+                    nxt = current.join(location).copy_with(fragment=None)
+                except (httpx.InvalidURL, ValueError):
+                    raise FetchFailed(
+                        "http_status",
+                        f"{host} redirected to an invalid location {location!r}; use the file's final URL.",
+                    ) from None
+                prefix = f"{host} redirected to {nxt.host or location}: "
+                try:
+                    _check_parsed(nxt, str(nxt))
+                except FetchRefused as exc:
+                    raise FetchRefused(exc.reason, prefix + str(exc)) from None
+                current = nxt
+                continue
+            if not 200 <= status < 300:
+                hint = (
+                    "the URL must be readable without credentials (a pre-signed URL works)"
+                    if status in (401, 403)
+                    else "check that the URL is correct and the file is published"
+                )
+                raise FetchFailed(
+                    "http_status",
+                    f"{host} answered HTTP {status} {response.reason_phrase} for the image; {hint}.",
+                )
+            return _receive(hop, response, dest, current, max_bytes, watch)
+        finally:
+            hop.cancel()
+            hop.join(timeout=1)  # best effort; the thread is a daemon bounded by its own timeouts
+
+
+def _receive(
+    hop: _Hop, response: httpx.Response, dest: Path, url: httpx.URL, max_bytes: int, watch: _Watch
+) -> FetchResult:
+    host = watch.host
+    total: int | None
+    try:
+        total = int(response.headers["content-length"])
+    except (KeyError, ValueError):
+        total = None
+    too_large = FetchFailed(
+        "too_large",
+        f"The file at {host} is larger than the {max_bytes} byte import limit; import a smaller image "
+        "or ask an operator to raise limits.max_download_bytes.",
+    )
+    pass  # before creating dest: nothing to clean up
+    received = 0
+    try:
+        with open(dest, "wb") as out:
+            buf = bytearray()
+            watch.progress(0, total, force=True)
+            while True:
+                kind, payload = hop.next_event(watch)
+                if kind == "end":
+                    break
+                if kind == "error":
+                    raise _transport_error(payload, watch, in_body=True, received=received, total=total)
+                if received + len(payload) > max_bytes:
+                    raise too_large  # a server without (or lying about) Content-Length
+                received += len(payload)
+                buf += payload
+                if len(buf) >= BLOCK_SIZE:
+                    out.write(buf)
+                    buf.clear()
+                watch.progress(received, total)
+            out.write(buf)
+        if total is not None and received != total:  # h11 enforces this too; keep the promise here
+            raise FetchFailed(
+                "truncated",
+                f"{host} sent {received} of {total} bytes; the file is incomplete. Retry the import.",
+            )
+    except BaseException:
+        dest.unlink(missing_ok=True)
+        raise
+    watch.progress(received, total, force=True)
+    return FetchResult(size=received, final_url=str(url), content_type=response.headers.get("content-type"))
