@@ -17,8 +17,8 @@ from rich.console import Console
 
 from stratus.config import Settings, load_settings
 
-console = Console(stderr=True)
-out = Console()
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2

@@ -100,7 +100,8 @@ def upload_file(ep: Endpoint, path: Path, declared_format: str | None = None) ->
             upload_id = None
     if not upload_id:
         body = json.dumps({"Size": size, "Name": path.name, **({"Format": declared_format} if declared_format else {})})
-        r = client.post("/uploads", content=body.encode(), headers=ep.signed_headers("POST", "/uploads", body=body.encode()))
+        headers = ep.signed_headers("POST", "/uploads", body=body.encode())
+        r = client.post("/uploads", content=body.encode(), headers=headers)
         if r.status_code != 200:
             die(f"upload refused: {_data_error(r)}", EXIT_REFUSED)
         upload_id = r.json()["Response"]["UploadId"]

@@ -74,13 +74,13 @@ def gc(
         if not dry_run:
             result = plan.execute()
             entry["Deleted"] = result.deleted
-            entry["ReclaimedBytes"] = result.reclaimed_bytes
+            entry["ReclaimedBytes"] = result.deleted_bytes
         results.append(entry)
         if not json_out:
             out.print(f"{name}:")
             for line in plan.describe():
                 out.print(f"  {line}")
             if not dry_run:
-                out.print(f"  deleted {result.deleted} chunks, {result.reclaimed_bytes} bytes")
+                out.print(f"  deleted {result.deleted} chunks, {result.deleted_bytes} bytes")
     if json_out:
         print_json(results)

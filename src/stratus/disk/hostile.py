@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 from stratus.disk import qemu_img
@@ -95,6 +96,22 @@ def make_test_disk(dir: Path | str, fmt: str, size: int, seed: int = 0) -> Path:
     return out
 
 
+# qemu benchmarks PBKDF2 for >500 ms of CPU before writing any LUKS header, whatever iter-time says, and
+# with SHA-NI sha256 its first 2^15-iteration probe can read as 0 ms and fail ("Unable to get accurate CPU
+# usage"); sha512 is slow enough to measure. Such images are built once per process, then copied.
+_LUKS_OPTIONS = {"iter-time": "10", "hash-alg": "sha512"}
+_built: dict[str, bytes] = {}
+
+
+def _slow_build(key: str, path: Path, build: Callable[[], None]) -> Path:
+    if key in _built:
+        path.write_bytes(_built[key])
+    else:
+        build()
+        _built[key] = path.read_bytes()
+    return path
+
+
 # --- qcow2 -------------------------------------------------------------------------------------------------
 
 _QCOW2_INCOMPAT = 72  # u64 BE incompatible-features bitmap (v3)
@@ -170,15 +187,21 @@ def qcow2_huge(dir: Path | str, virtual_size: int) -> Path:
 
 def qcow2_encrypted(dir: Path | str) -> Path:
     """qcow2 with built-in LUKS encryption (passes the oslo inspector; unusable without the key)."""
-    return _qcow2(
-        dir,
-        "encrypted.qcow2",
-        objects=["secret,id=sec0,data=stratus"],
-        options={
-            "encrypt.format": "luks",
-            "encrypt.key-secret": "sec0",
-            **{f"encrypt.{k}": v for k, v in _LUKS_OPTIONS.items()},
-        },
+    path = Path(dir) / "encrypted.qcow2"
+    return _slow_build(
+        "qcow2-encrypted",
+        path,
+        lambda: qemu_img.create(
+            path,
+            "qcow2",
+            MiB,
+            objects=["secret,id=sec0,data=stratus"],
+            options={
+                "encrypt.format": "luks",
+                "encrypt.key-secret": "sec0",
+                **{f"encrypt.{k}": v for k, v in _LUKS_OPTIONS.items()},
+            },
+        ),
     )
 
 
@@ -293,28 +316,20 @@ def qed(dir: Path | str) -> Path:
     return path
 
 
-# qemu benchmarks PBKDF2 for >500 ms of CPU before writing a LUKS header, whatever iter-time says, and with
-# SHA-NI sha256 its first 2^15-iteration probe can read as 0 ms and fail ("Unable to get accurate CPU
-# usage"); sha512 is slow enough to measure. The LUKS1 bytes are built once per process and copied.
-_LUKS_OPTIONS = {"iter-time": "10", "hash-alg": "sha512"}
-_luks1_bytes: bytes | None = None
-
-
 def luks(dir: Path | str, version: int = 1) -> Path:
     """A qemu-made LUKS1 volume; ``version=2`` patches the header's version field to look like LUKS2."""
-    global _luks1_bytes
     path = Path(dir) / f"luks{version}.img"
-    if _luks1_bytes is None:
-        qemu_img.create(
+    _slow_build(
+        "luks1",
+        path,
+        lambda: qemu_img.create(
             path,
             "luks",
             MiB,
             objects=["secret,id=sec0,data=stratus"],
             options={"key-secret": "sec0", **_LUKS_OPTIONS},
-        )
-        _luks1_bytes = path.read_bytes()
-    else:
-        path.write_bytes(_luks1_bytes)
+        ),
+    )
     if version != 1:
         _patch(path, 6, struct.pack(">H", version))
     return path

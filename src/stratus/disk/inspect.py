@@ -1,39 +1,66 @@
 """The gate every untrusted disk file passes before qemu-img touches it.
 
-Three layers, each failing closed (an exception inside any check refuses the file):
+Four layers, each failing closed (an exception inside any check refuses the file):
 
-1. **oslo.utils format_inspector**, which parses headers in Python without qemu: exactly one format must
-   match (``multiple_formats``), its safety checks must pass (``backing_file``, ``data_file``,
-   ``unknown_features``, ``descriptor``, ``footer``, ``banned``, ``version``, ``mbr``, ...), and Stratus
-   adds the checks the inspector lacks (measured against oslo.utils 10.2.0 + qemu 7.2):
+1. **oslo.utils format_inspector** parses headers in Python, without qemu: exactly one format must match,
+   and its safety checks must pass. Stratus adds what the inspector lacks (measured against oslo.utils
+   10.2.0 and qemu 7.2):
 
-   - a file that *starts* like a known format but that format's inspector doesn't accept it is
-     ``truncated`` or ``corrupt_header``, never silently raw (the inspector falls back to raw);
-   - vmdk ``parentFileNameHint`` → ``backing_file`` (the inspector allows it; qemu opens the parent);
+   - a file that *starts* like a known format (``QFI\xfb``, ``KDMV``, ``conectix``, ``QED\0``, ...) but
+     that format's inspector doesn't accept it is ``truncated`` or ``corrupt_header``, never raw (the
+     inspector itself falls back to raw);
+   - vmdk ``parentFileNameHint`` → ``backing_file`` (the inspector passes it; qemu opens the parent);
    - a vmdk must be a binary sparse file, not a text descriptor → ``descriptor``;
-   - VHD disk type 4 (differencing) → ``backing_file``;
-   - qcow2 with built-in encryption → ``encrypted``; LUKS v1 passes the inspector → ``luks``.
+   - VHD disk type 4 (differencing) → ``backing_file``; a dynamic VHD must end with its footer copy;
+   - qcow2 built-in encryption → ``encrypted``; LUKS v1 passes the inspector → ``luks``.
 
-2. **qemu-img info** under rlimits (only after layer 1 passed, because even ``info`` opens the files a
-   header names): no backing file, no data file, no encryption, a single-file vmdk create-type, and the
-   same virtual size as the inspector (``qemu_info_mismatch``).
+2. **qemu-img info** under rlimits, only after layer 1 passed (even ``info`` opens the files a header
+   names): no backing file, no data file, no encryption, a single-file vmdk create-type, and the inspector's
+   virtual size (``qemu_info_mismatch``).
 
-3. **qemu-img check** for qcow2 and vmdk: a header-complete file whose tables lie past EOF (an upload cut
-   short) passes layers 1 and 2 and converts to zeros without complaint; ``check`` reports it (``corrupt``).
+3. **qemu-img check** for qcow2 and vmdk: a header-complete file whose tables point past EOF (an upload
+   cut short) passes layers 1 and 2, and converts to zeros without complaint.
+
+4. **qemu-img map**: every extent read from the file lies inside it. ``check`` looks only at where
+   clusters start, so a qcow2 or vmdk missing the tail of its last cluster passes it.
+
+Reasons (``ImageRejected.reasons``):
+
+====================================  ===================================================================
+``empty``                             0 bytes, or a header with virtual size 0
+``multiple_formats``                  valid as two formats at once (one header hidden in another)
+``truncated`` / ``corrupt_header``    starts like a format but isn't a whole, valid one
+``backing_file`` ``data_file``        the image needs another file (qcow2 backing or data file, vmdk
+                                      parent, flat vmdk extent, VHD differencing parent)
+``descriptor`` ``footer``             vmdk other than single-file monolithicSparse/streamOptimized; bad
+                                      streamOptimized footer
+``unknown_features``                  qcow2 incompatible-feature bits beyond those known (this includes
+                                      extended L2, bit 4: the inspector's mask stops at bit 3)
+``banned`` ``version`` ``mbr`` ...    other inspector checks (QED, LUKS version, MBR table; ``inner_*``)
+``encrypted`` ``luks``                encrypted images
+``unsupported_format``                vdi, vhdx, iso without ``allow_iso``, or an unknown declared format
+``format_mismatch``                   declared format differs from the file's
+``virtual_size``                      over ``max_virtual_size``
+``unaligned_size``                    a raw file that is not whole 512-byte sectors (qemu would round up)
+``qemu_info_failed``                  qemu-img can't open it
+``qemu_info_mismatch``                qemu-img and the inspector disagree on format or virtual size
+``corrupt``                           qemu-img check (or map) found broken metadata
+``inspection_error``                  a check raised unexpectedly
+====================================  ===================================================================
 
 Format decisions:
 
 - Accepted: raw, qcow2, vmdk (monolithicSparse, streamOptimized), vhd (qemu driver ``vpc``).
-- "gpt" (an MBR/GPT-partitioned disk, whose MBR check passed) is raw. An ISO is raw with ``allow_iso``;
+- "gpt" (an MBR/GPT-partitioned disk whose MBR check passed) is raw. An ISO is raw with ``allow_iso``;
   ``{iso, gpt}`` together is the usual hybrid installer ISO and is taken as ISO (Glance's rule).
-- A raw image's virtual size is the file size (the inspector's raw "virtual size" is just bytes read).
-- A *fixed* VHD is raw data plus a 512 B footer at the end, and the inspector calls it raw. Without a
-  declared format it is taken as raw (the footer becomes the disk's last 512 bytes: harmless, and a raw
-  disk whose last sector merely looks like a footer is not cut short). Declared VHD, a valid fixed footer
-  (cookie, checksum, type 2, current size = file size - 512) makes it ``vhd``/``vpc`` with the footer's
-  size, which qemu-img info must confirm.
-- The declared format must match what was found (``format_mismatch``); a raw declaration of a qcow2 file
-  is refused, not waved through as Glance does.
+- A raw image's virtual size is the file size (the inspector's raw "virtual size" is only bytes read).
+- A *fixed* VHD is raw data plus a 512 B footer at the end, and the inspector calls it raw. Undeclared, it
+  is taken as raw (the footer becomes the disk's last 512 bytes: harmless, and a raw disk whose last sector
+  merely looks like a footer is not cut short). Declared VHD with a valid fixed footer (cookie, checksum,
+  type 2, current size = file size - 512), it is ``vhd``/``vpc`` with the footer's size, which qemu-img
+  info must confirm.
+- The declared format must match what was found; a raw declaration of a qcow2 file is refused, not
+  waved through as Glance does.
 """
 
 from __future__ import annotations
@@ -243,9 +270,7 @@ def _inspect(path: str, file_size: int, expected: str | None, max_size: int, all
         # never arrived in full.
         if not inspector.complete:
             raise _truncated(fmt_label, file_size) from exc
-        raise _refuse(
-            "corrupt_header", f"the {fmt_label} header could not be parsed ({exc}); export it again"
-        ) from exc
+        raise _refuse("corrupt_header", f"the {fmt_label} header could not be parsed ({exc}); export it again") from exc
 
     _extra_checks(path, inspector, refusal)
 
@@ -278,8 +303,7 @@ def _inspect(path: str, file_size: int, expected: str | None, max_size: int, all
     elif name != "qed":  # qed already failed its `banned` check
         refusal.add(
             "unsupported_format",
-            f"{fmt_label} images are not accepted; convert it with "
-            f"`qemu-img convert -O qcow2 in.{name} out.qcow2`",
+            f"{fmt_label} images are not accepted; convert it with `qemu-img convert -O qcow2 in.{name} out.qcow2`",
         )
 
     if fmt == "raw" and file_size % 512:
@@ -338,9 +362,7 @@ def _inspect(path: str, file_size: int, expected: str | None, max_size: int, all
             extents = qemu_img.map_extents(path, qemu_format)
         except qemu_img.QemuImgError as exc:
             raise _refuse("corrupt", f"qemu-img map failed on it ({exc.stderr}); export it again") from exc
-        end = max(
-            (e.offset + e.length for e in extents if e.source == "file" and e.offset is not None), default=0
-        )
+        end = max((e.offset + e.length for e in extents if e.source == "file" and e.offset is not None), default=0)
         if end > file_size:
             raise _refuse(
                 "truncated",
@@ -369,20 +391,40 @@ def _advice(check: str, name: str, detail: str) -> str:
 
 
 def _detect(path: str) -> list[fi.FileInspector]:
-    """All inspectors that match, like ``format_inspector.detect_file_format`` but returning the list
-    (it raises on two matches, and Stratus needs to tell a hybrid ISO from an attack)."""
+    """Every inspector that matches the file.
+
+    This is ``format_inspector.InspectWrapper`` minus two things Stratus can't use: it raises on two
+    matches (a hybrid ISO must be told from an attack), and an inspector that *raises* on the file stays
+    among the matches when its magic matched (a KDMV header with a bad version comes back as "vmdk"
+    with no descriptor). Here an inspector that raises is out, and the magic check in ``_inspect``
+    then calls the file corrupt.
+    """
+    inspectors = [cls() for name, cls in fi.ALL_FORMATS.items() if name != "raw"]
+    failed: set[int] = set()
+    pos = 0
     with open(path, "rb") as f:
-        wrapper = fi.InspectWrapper(f)
-        pos = 0
-        try:
-            while wrapper.formats is None:
-                chunk = wrapper.read(_SMALL_CHUNK if pos < _SMALL_UNTIL else _LARGE_CHUNK)
-                if not chunk:
-                    break
-                pos += len(chunk)
-        finally:
-            wrapper.close()
-        return list(wrapper.formats or [])
+        while chunk := f.read(_SMALL_CHUNK if pos < _SMALL_UNTIL else _LARGE_CHUNK):
+            pos += len(chunk)
+            for i, inspector in enumerate(inspectors):
+                if i in failed:
+                    continue
+                try:
+                    inspector.eat_chunk(chunk)
+                except Exception:  # this format doesn't fit the file
+                    failed.add(i)
+            if all(insp.complete for i, insp in enumerate(inspectors) if i not in failed):
+                break
+    live = [insp for i, insp in enumerate(inspectors) if i not in failed]
+    for inspector in live:
+        inspector.finish()
+    # As in InspectWrapper: after EOF an inspector still waiting for data counts by its magic alone, and
+    # its safety_check() then reports it incomplete.
+    matches = [insp for insp in live if insp.format_match]
+    if not matches:
+        raw = fi.RawFileInspector()
+        raw.finish()
+        return [raw]
+    return matches
 
 
 def _sniff(path: str) -> str | None:
@@ -438,14 +480,23 @@ def _extra_checks(path: str, inspector: fi.FileInspector, refusal: _Refusal) -> 
         if disk_type == 4:
             refusal.add(
                 "backing_file",
-                "the VHD is a differencing disk that needs its parent; merge it "
-                f"first with {_FLATTEN['vhd']}",
+                f"the VHD is a differencing disk that needs its parent; merge it first with {_FLATTEN['vhd']}",
             )
         elif disk_type != 3:  # a footer at offset 0 means dynamic; fixed VHDs have it only at the end
             refusal.add(
                 "corrupt_header",
                 f"the VHD header has disk type {disk_type}, not dynamic (3); export it again",
             )
+        # A dynamic VHD ends with a copy of its footer. qemu reads only the first one, so without this
+        # a file cut inside that last sector would pass.
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 512))
+            if f.read(512) != header[:512]:
+                refusal.add(
+                    "truncated",
+                    "the VHD does not end with the copy of its footer, so the upload was probably cut "
+                    "short; upload it again",
+                )
 
 
 def _vhd_checksum_ok(footer: bytes) -> bool:
@@ -472,9 +523,7 @@ def _fixed_vhd_size(path: str, file_size: int) -> int | None:
     return current_size
 
 
-def _check_info(
-    info: dict[str, Any], fmt: str, qemu_format: str, virtual_size: int, refusal: _Refusal
-) -> None:
+def _check_info(info: dict[str, Any], fmt: str, qemu_format: str, virtual_size: int, refusal: _Refusal) -> None:
     """Layer 2: qemu-img's own reading of the header must agree with the inspector's."""
     label = _LABEL[fmt]
     if any(k in info for k in ("backing-filename", "full-backing-filename", "backing-image")):

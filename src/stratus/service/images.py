@@ -547,7 +547,9 @@ def export_images(
         raise errors.InvalidParameterValueLimitExceeded(detail=f"At most {EXPORT_MAX_IMAGES} images per export.")
     fmt = export_format.upper()
     if fmt not in EXPORT_FORMATS:
-        raise errors.InvalidParameterValue(detail=f"ExportFormat must be RAW, QCOW2, VHD or VMDK, not {export_format!r}.")
+        raise errors.InvalidParameterValue(
+            detail=f"ExportFormat must be RAW, QCOW2, VHD or VMDK, not {export_format!r}."
+        )
     if prefixes is not None and len(prefixes) != len(image_ids):
         raise errors.InvalidFileNamePrefixList(got=len(prefixes), want=len(image_ids))
     for p in prefixes or []:

@@ -82,15 +82,16 @@ class ImportHandler:
 
                     def on_fetch(received: int, total: int | None, base: float = base) -> None:
                         if total:
-                            self._progress(ctx, "fetch", base + share * fetch_share * received / total)
+                            self._progress(ctx, "fetch", base + share * FETCH_SHARE * received / total)
                         else:
                             ctx.report("fetch", base)
 
                     self._progress(ctx, "fetch", base)
                     fetch_url(
-                        src["url"], path, allow=svc.settings.import_url_allow, max_bytes=limits.max_download_bytes,
-                        timeout=limits.download_timeout_seconds, connect_timeout=limits.download_connect_timeout_seconds,
-                        max_redirects=limits.max_redirects, progress=on_fetch, should_stop=ctx.should_stop,
+                        src["url"], path, allow=svc.settings.import_url_allow,
+                        max_bytes=limits.max_download_bytes, timeout=limits.download_timeout_seconds,
+                        connect_timeout=limits.download_connect_timeout_seconds, max_redirects=limits.max_redirects,
+                        progress=on_fetch, should_stop=ctx.should_stop,
                     )
                 self._progress(ctx, "inspect", base + share * fetch_share)
                 inspection = inspect_file(

@@ -622,7 +622,8 @@ def _receive(
         f"The file at {host} is larger than the {max_bytes} byte import limit; import a smaller image "
         "or ask an operator to raise limits.max_download_bytes.",
     )
-    pass  # before creating dest: nothing to clean up
+    if total is not None and total > max_bytes:
+        raise too_large  # before creating dest: nothing to clean up
     received = 0
     try:
         with open(dest, "wb") as out:
@@ -649,7 +650,8 @@ def _receive(
                 f"{host} sent {received} of {total} bytes; the file is incomplete. Retry the import.",
             )
     except BaseException:
-        dest.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # never mask the real failure
+            dest.unlink(missing_ok=True)
         raise
     watch.progress(received, total, force=True)
     return FetchResult(size=received, final_url=str(url), content_type=response.headers.get("content-type"))
