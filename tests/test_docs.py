@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from stratus.api.cvm.actions import ACTIONS
+from stratus.api.cvm.registry import ACTIONS
 from stratus.config import Limits, Quotas, Region, Settings
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -21,7 +21,8 @@ def test_every_action_is_in_the_api_doc() -> None:
 def test_every_setting_is_in_the_config_doc() -> None:
     config = (DOCS / "config.md").read_text()
     names = [f.name for cls in (Limits, Quotas) for f in dataclasses.fields(cls)]
-    names += ["database_url", "workers", "url_allow", "chunk_size", "buckets", "zones", "display_name", "compute"]
+    names += ["database_url", "workers", "url_allow", "chunk_size", "buckets", "zones", "display_name", "compute",
+              "instance_types"]
     missing = [n for n in names if f"`{n}`" not in config]
     assert not missing
     assert {f.name for f in dataclasses.fields(Settings)} >= {"data_dir", "database_url", "workers"}

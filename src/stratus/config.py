@@ -38,6 +38,7 @@ class Region:
     chunk_size: int = DEFAULT_CHUNK_SIZE
     buckets: tuple[Bucket, ...] = ()
     compute: str = "disk"
+    sync_target: bool = True  # SyncImages may copy images into this region (else InvalidRegion.Unavailable)
 
     def bucket(self, name: str) -> Bucket | None:
         return next((b for b in self.buckets if b.name == name), None)
@@ -56,11 +57,34 @@ class Limits:
     export_tasks_per_account: int = 8
     task_lease_seconds: float = 30.0
     gc_grace_seconds: float = 3600.0
+    sync_bytes_per_second: int = 0  # pace of SyncImages copies between stores; 0: as fast as the disks go
+    sync_max_image_bytes: int = 16384 * GiB  # largest image (all disks, virtual) SyncImages copies
+    vm_max_seconds: float = 7 * 24 * 3600
+    vm_memory_cap_mib: int = 4096
 
 
 @dataclass(frozen=True)
 class Quotas:
     images_per_region: int = 500
+    instances_per_region: int = 1000
+
+
+@dataclass(frozen=True)
+class InstanceType:
+    name: str
+    cpu: int
+    memory_gib: int
+    architecture: str = "x86_64"
+
+
+DEFAULT_INSTANCE_TYPES: tuple[InstanceType, ...] = (
+    InstanceType("S5.SMALL1", 1, 1),
+    InstanceType("S5.SMALL2", 1, 2),
+    InstanceType("S5.MEDIUM2", 2, 2),
+    InstanceType("S5.MEDIUM4", 2, 4),
+    InstanceType("S5.LARGE8", 4, 8),
+    InstanceType("SR1.MEDIUM4", 2, 4, "arm"),
+)
 
 
 @dataclass(frozen=True)
@@ -72,6 +96,10 @@ class Settings:
     quotas: Quotas = field(default_factory=Quotas)
     import_url_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     workers: int = 2
+    instance_types: tuple[InstanceType, ...] = DEFAULT_INSTANCE_TYPES
+
+    def instance_type(self, name: str) -> InstanceType | None:
+        return next((t for t in self.instance_types if t.name == name), None)
 
     def region(self, name: str) -> Region | None:
         return next((r for r in self.regions if r.name == name), None)
@@ -116,6 +144,7 @@ def _region(raw: dict[str, Any], data_dir: Path, compute_override: str | None) -
         chunk_size=int(raw.get("chunk_size", DEFAULT_CHUNK_SIZE)),
         buckets=buckets,
         compute=compute_override or raw.get("compute", "disk"),
+        sync_target=bool(raw.get("sync_target", True)),
     )
 
 
@@ -146,4 +175,7 @@ def load_settings(
         quotas=quotas,
         import_url_allow=parse_networks(allow_spec),
         workers=int(raw.get("workers", 2)),
+        instance_types=tuple(InstanceType(**t) for t in raw["instance_types"])
+        if raw.get("instance_types")
+        else DEFAULT_INSTANCE_TYPES,
     )

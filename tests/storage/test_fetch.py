@@ -230,9 +230,7 @@ def test_denied_addresses(no_network: None, address: str) -> None:
     assert not is_address_allowed(address)
 
 
-@pytest.mark.parametrize(
-    "address", ["8.8.8.8", "1.1.1.1", "2001:4860::8888", "::ffff:8.8.8.8", "64:ff9b::808:808"]
-)
+@pytest.mark.parametrize("address", ["8.8.8.8", "1.1.1.1", "2001:4860::8888", "::ffff:8.8.8.8", "64:ff9b::808:808"])
 def test_public_addresses_allowed(no_network: None, address: str) -> None:
     assert denied_reason(address) is None
 
@@ -566,9 +564,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         .not_valid_before(now - datetime.timedelta(hours=1))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        )
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
@@ -583,17 +579,13 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.SubjectAlternativeName([x509.DNSName("images.stratus.test")]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     d = tmp_path_factory.mktemp("pki")
     (d / "cert.pem").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
     (d / "key.pem").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     return Pki(ca.public_bytes(serialization.Encoding.PEM), d / "cert.pem", d / "key.pem")
 

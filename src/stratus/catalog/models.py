@@ -197,3 +197,92 @@ class ExportObject(Base):
     state: Mapped[str] = mapped_column(String(16), default="PENDING")  # PENDING DONE FAILED
     size: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class Instance(Base):
+    """A virtual machine (or, with the `disk` driver, only its disks) launched from an image."""
+
+    __tablename__ = "instances"
+    __table_args__ = (Index("ix_instances_region_owner_created", "region", "owner_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    region: Mapped[str] = mapped_column(String(64))
+    zone: Mapped[str] = mapped_column(String(64))
+    owner_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    name: Mapped[str] = mapped_column(String(128), default="")
+    instance_type: Mapped[str] = mapped_column(String(32))
+    image_id: Mapped[str] = mapped_column(String(16))  # no FK: deleting an image never breaks an instance
+    state: Mapped[str] = mapped_column(String(32))
+    state_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    driver: Mapped[str] = mapped_column(String(16), default="disk")
+    user_data: Mapped[str | None] = mapped_column(Text, nullable=True)
+    host_name: Mapped[str] = mapped_column(String(64), default="")
+    latest_operation: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    latest_operation_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    latest_operation_request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    latest_operation_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    vm_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    vm_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the process supervising the VM
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+    updated_at: Mapped[float] = mapped_column(Float, default=now, onupdate=now)
+
+    disks: Mapped[list[InstanceDisk]] = relationship(
+        back_populates="instance", order_by="InstanceDisk.index", cascade="all, delete-orphan"
+    )
+    tags: Mapped[list[InstanceTag]] = relationship(cascade="all, delete-orphan", order_by="InstanceTag.key")
+
+
+class InstanceDisk(Base):
+    """One disk of an instance: a qcow2 overlay on a base (or a blank qcow2) in the region's host dir."""
+
+    __tablename__ = "instance_disks"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)  # disk-xxxxxxxx
+    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"), index=True)
+    index: Mapped[int] = mapped_column(Integer)
+    usage: Mapped[str] = mapped_column(String(16))  # SYSTEM_DISK | DATA_DISK
+    disk_type: Mapped[str] = mapped_column(String(32), default="CLOUD_PREMIUM")
+    size_gib: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(Text)
+    base_manifest: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    delete_with_instance: Mapped[bool] = mapped_column(Boolean, default=True)
+
+    instance: Mapped[Instance] = relationship(back_populates="disks")
+
+
+class InstanceTag(Base):
+    __tablename__ = "instance_tags"
+
+    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256), default="")
+
+
+class RunRequest(Base):
+    """A RunInstances call with a ClientToken: the same token with the same parameters returns the same
+    instances; with other parameters it is refused."""
+
+    __tablename__ = "run_requests"
+
+    owner_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    region: Mapped[str] = mapped_column(String(64), primary_key=True)
+    client_token: Mapped[str] = mapped_column(String(64), primary_key=True)
+    params_digest: Mapped[str] = mapped_column(String(64))
+    instance_ids: Mapped[str] = mapped_column(Text)  # JSON list
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class BaseDisk(Base):
+    """An image disk materialized once per region host as an immutable sparse raw file, shared by every
+    instance disk made from it. Keyed by manifest digest: identical disks share one base."""
+
+    __tablename__ = "bases"
+
+    region: Mapped[str] = mapped_column(String(64), primary_key=True)
+    manifest_digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    path: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), default="BUILDING")  # BUILDING READY
+    virtual_size: Mapped[int] = mapped_column(BigInteger, default=0)
+    builder: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    build_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float, default=now)

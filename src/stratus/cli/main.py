@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from stratus.cli import account_cmd, image_cmd, serve_cmd, store_cmd
+from stratus.cli import account_cmd, image_cmd, instance_cmd, serve_cmd, store_cmd
 from stratus.cli.common import __doc__ as EXIT_CODES
 
 app = typer.Typer(
@@ -15,7 +15,9 @@ app = typer.Typer(
 app.command("serve")(serve_cmd.serve)
 app.command("worker")(serve_cmd.worker)
 app.add_typer(account_cmd.app, name="account")
+image_cmd.app.command("create")(instance_cmd.create_image)
 app.add_typer(image_cmd.app, name="image")
+app.add_typer(instance_cmd.app, name="instance")
 app.command("fsck")(store_cmd.fsck)
 app.command("gc")(store_cmd.gc)
 

@@ -189,3 +189,101 @@ InstanceTypeNotFound = _error(
     "Instance type {value!r} does not exist; `stratus instance types` lists them.",
 )
 PermissionDenied = _error("UnauthorizedOperation.PermissionDenied", "{detail}")
+# --- instances (contract §11)
+InvalidInstanceIdMalformed = _error(
+    "InvalidInstanceId.Malformed", "{instance_id!r} is not an instance ID; instance IDs look like ins-xxxxxxxx."
+)
+InvalidInstanceIdNotFound = _error("InvalidInstanceId.NotFound", "The instance {instance_id} does not exist.")
+InvalidZoneValue = _error(
+    "InvalidParameterValue.ZoneNotSupported", "The zone {zone!r} is not served here; DescribeZones lists the zones."
+)
+InvalidParameterValueRange = _error("InvalidParameterValue.Range", "{detail}")
+InvalidParameterValueDuplicate = _error("InvalidParameterValue.Duplicate", "{detail}")
+InvalidClientTokenTooLong = _error(
+    "InvalidClientToken.TooLong", "ClientToken is {length} characters; use at most 64 ASCII characters."
+)
+InvalidUserDataFormat = _error(
+    "InvalidParameterValue.InvalidUserDataFormat", "UserData must be base64 (at most 16 KiB decoded): {detail}"
+)
+IllegalHostName = _error("InvalidParameterValue.IllegalHostName", "HostName {value!r} is invalid: {detail}")
+InvalidImageForGivenInstanceType = _error(
+    "InvalidParameterValue.InvalidImageForGivenInstanceType",
+    "The image {image_id} is {arch}; instance type {instance_type} runs {type_arch} images.",
+)
+InvalidImageIdForResetInstance = _error("InvalidParameterValue.InvalidImageIdForRetsetInstance", "{detail}")
+InstanceQuotaExceeded = _error(
+    "LimitExceeded.InstanceQuota",
+    "Launching {wanted} more instances would exceed the quota of {quota} in {region}; terminate some first.",
+)
+InstanceOperationInProgress = _error(
+    "OperationDenied.InstanceOperationInProgress",
+    "The instance {instance_id} is busy with {operation}; try again when it finishes.",
+)
+SpecifyOneParameter = _error("InvalidParameter.SpecifyOneParameter", "{detail}")
+SnapshotNotFound = _error("InvalidParameter.SnapshotNotFound", "{detail}")
+DataDiskNotBelongSpecifiedInstance = _error(
+    "InvalidParameter.DataDiskNotBelongSpecifiedInstance", "The disk {disk_id} is not a data disk of {instance_id}."
+)
+DataDiskIdContainsRootDisk = _error(
+    "InvalidParameter.DataDiskIdContainsRootDisk",
+    "{disk_id} is the system disk of {instance_id}; it is always included. List data disks only.",
+)
+
+
+class InstanceStateError(CvmError):
+    """The instance {instance_id} is {state}; {action} needs it {needed}."""
+
+    def __init__(self, instance_id: str, state: str, action: str, needed: str) -> None:
+        from stratus.domain.states import instance_state_code
+
+        super().__init__(instance_id=instance_id, state=state, action=action, needed=needed)
+        self.code = instance_state_code(state)  # type: ignore[misc]
+InvalidTimeFormat = _error(
+    "InvalidParameterValue.InvalidTimeFormat", "{name} must be a time like 2026-06-01 00:00:00."
+)
+
+# --- region copies and sharing (contract §5.5–5.7, rules 4 and 5)
+SyncImageBusy = _error(
+    "FailedOperation.InvalidImageState", "The image {image_id} is {state}; sync it when it is NORMAL."
+)
+InvalidImageIdTooLarge = _error(
+    "InvalidImageId.TooLarge",
+    "The image {image_id} is {size} bytes; SyncImages copies images of at most {limit} bytes "
+    "(limits.sync_max_image_bytes).",
+)
+InvalidParameterValueInvalidRegion = _error("InvalidParameterValue.InvalidRegion", "{detail}")
+InvalidRegionUnavailable = _error(
+    "InvalidRegion.Unavailable",
+    "The region {region} does not accept image copies (its sync_target setting is false); choose another.",
+)
+UnsupportedOperationRegion = _error("UnsupportedOperation.Region", "{detail}")
+SyncEncryptImageNotSupport = _error(
+    "UnsupportedOperation.SyncEncryptImageNotSupport",
+    "Encrypted images are not supported here; call SyncImages without Encrypt.",
+)
+InvalidKmsKeyId = _error(
+    "InvalidParameter.InvalidKmsKeyId", "KmsKeyId is only valid with Encrypt=true, and encryption is not supported."
+)
+ShareAccountAlreadyExists = _error(
+    "FailedOperation.AccountAlreadyExists", "The image {image_id} is already shared with account {account_id}."
+)
+ShareAccountIsYourSelf = _error(
+    "FailedOperation.AccountIsYourSelf",
+    "{account_id} is your own account; share the image with other accounts (you always see your own).",
+)
+InvalidAccountIsYourSelf = _error(
+    "InvalidAccountIs.YourSelf", "{account_id} is your own account; an image is never shared with its owner."
+)
+InvalidAccountIdNotFound = _error("InvalidAccountId.NotFound", "{detail}")
+BYOLImageShareFailed = _error(
+    "FailedOperation.BYOLImageShareFailed",
+    "The image {image_id} has LicenseType BYOL; bring-your-own-license images cannot be shared.",
+)
+ShareOverQuota = _error(
+    "OverQuota",
+    "The image {image_id} would be shared with {count} accounts; the limit is {limit}. Cancel some shares first.",
+)
+ImageNotBelongToAccount = _error(
+    "UnauthorizedOperation.ImageNotBelongToAccount",
+    "The image {image_id} belongs to another account; only its owner can {what}.",
+)

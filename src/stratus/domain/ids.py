@@ -49,3 +49,11 @@ def new_secret_key() -> str:
 
 def is_account_id(value: object) -> bool:
     return isinstance(value, str) and bool(ACCOUNT_RE.match(value))
+
+
+def new_instance_id() -> str:
+    return new_id("instance")
+
+
+def new_disk_id() -> str:
+    return new_id("disk")

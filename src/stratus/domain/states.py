@@ -47,3 +47,24 @@ def can_transition(old: ImageState, new: ImageState) -> bool:
 def failed_state_for(state: ImageState) -> ImageState:
     """The failed state an image in `state` falls into when its work fails."""
     return ImageState.IMPORTFAILED if state is ImageState.IMPORTING else ImageState.CREATEFAILED
+
+
+class InstanceState(StrEnum):
+    PENDING = "PENDING"
+    LAUNCH_FAILED = "LAUNCH_FAILED"
+    RUNNING = "RUNNING"
+    STOPPED = "STOPPED"
+    STARTING = "STARTING"
+    STOPPING = "STOPPING"
+    REBOOTING = "REBOOTING"
+    TERMINATING = "TERMINATING"
+
+
+# Transitional states: an operation is under way, and other operations wait for it.
+INSTANCE_BUSY = frozenset({InstanceState.PENDING, InstanceState.STARTING, InstanceState.STOPPING,
+                           InstanceState.REBOOTING, InstanceState.TERMINATING})
+
+
+def instance_state_code(state: str) -> str:
+    """The UnsupportedOperation code for an action refused in `state`: LAUNCH_FAILED → InstanceStateLaunchFailed."""
+    return "UnsupportedOperation.InstanceState" + "".join(p.capitalize() for p in state.split("_"))

@@ -223,15 +223,18 @@ def describe_images(
 INSTANCE_TYPE_RE = re.compile(r"^[A-Z][A-Z0-9]*\.[A-Z0-9]+$")
 
 
-def _instance_type_clause(svc: Services, instance_type: str) -> Any:
-    from stratus.service.instance_types import find_instance_type  # late: small catalog module
-
+def find_instance_type(svc: Services, instance_type: str) -> Any:
+    """The configured instance type; InvalidInstanceType.Malformed or InstanceTypeNotFound."""
     if not INSTANCE_TYPE_RE.match(instance_type):
         raise errors.InvalidInstanceTypeMalformed(value=instance_type)
-    itype = find_instance_type(instance_type)
+    itype = svc.settings.instance_type(instance_type)
     if itype is None:
         raise errors.InstanceTypeNotFound(value=instance_type)
-    return Image.architecture == itype.architecture
+    return itype
+
+
+def _instance_type_clause(svc: Services, instance_type: str) -> Any:
+    return Image.architecture == find_instance_type(svc, instance_type).architecture
 
 
 # --------------------------------------------------------------------------- quota and names

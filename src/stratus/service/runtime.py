@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 from stratus.catalog import migrate
 from stratus.config import Settings
 from stratus.service.context import Services
 from stratus.service.export_task import ExportHandler
 from stratus.service.import_task import ImportHandler
 from stratus.tasks.runner import Handler, TaskRunner
+
+log = logging.getLogger(__name__)
 
 
 def prepare(settings: Settings) -> Services:
@@ -26,10 +30,27 @@ def prepare(settings: Settings) -> Services:
 
 
 def task_handlers(svc: Services) -> dict[str, Handler]:
-    return {"import": ImportHandler(svc), "export": ExportHandler(svc)}
+    from stratus.service.capture import CaptureHandler
+    from stratus.service.instance_tasks import InstanceHandler, LaunchHandler
+
+    return {
+        "import": ImportHandler(svc),
+        "export": ExportHandler(svc),
+        "launch": LaunchHandler(svc),
+        "instance": InstanceHandler(svc),
+        "capture": CaptureHandler(svc),
+    }
 
 
 def start_workers(svc: Services) -> TaskRunner:
+    """Adopt the VMs that survived a restart (or clean them up), then start the task workers."""
+    from stratus.compute.driver import get_driver
+    from stratus.service.instance_tasks import adopt_vms, on_vm_exit
+
+    get_driver("qemu").set_exit_callback(lambda instance_id, rc: on_vm_exit(svc, instance_id, rc))
+    adopted = adopt_vms(svc)
+    if any(adopted.values()):
+        log.info("VMs after restart: %s", adopted)
     runner = TaskRunner(svc.db, task_handlers(svc), workers=svc.settings.workers,
                         lease_seconds=svc.settings.limits.task_lease_seconds)
     svc.on_task_queued = runner.wake

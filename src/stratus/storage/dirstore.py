@@ -179,10 +179,10 @@ class DirStore:
         return self.chunks_dir / d[:2] / d[2:4] / d
 
     def _ensure_dir(self, digest: str, dirty: set[Path]) -> Path:
-        """Create chunks/ab/cd as needed; a directory we create makes its parent dirty (needs fsync).
-        Two mkdir calls per chunk (EEXIST mostly) cost microseconds next to writing megabytes, and
-        keep no cache that could go stale."""
+        """Create chunks/ab/cd as needed; a directory we create makes its parent dirty (needs fsync)."""
         leaf = self.chunks_dir / digest[:2] / digest[2:4]
+        if leaf.is_dir():  # a lookup; mkdir would take the parent's lock even when the dir exists
+            return leaf
         for path in (leaf.parent, leaf):
             try:
                 path.mkdir()

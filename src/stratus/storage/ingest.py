@@ -113,7 +113,7 @@ def ingest_disk(
 
     if _direct_readable(path, qemu_format, info, extents):
         return _ingest_raw_layout(
-            path, vsize, extents, qemu_format == "raw", store, chunk_size, "direct",
+            path, vsize, extents, store, chunk_size, "direct",
             progress, 0, vsize, should_stop, already, workers,
         )  # fmt: skip
 
@@ -134,7 +134,7 @@ def ingest_disk(
         raw_extents = qemu_img.map_extents(tmp, "raw")
         _check_coverage(raw_extents, vsize)
         return _ingest_raw_layout(
-            tmp, vsize, raw_extents, True, store, chunk_size, "converted",
+            tmp, vsize, raw_extents, store, chunk_size, "converted",
             progress, vsize, 2 * vsize, should_stop, already, workers,
         )  # fmt: skip
     finally:
@@ -183,11 +183,10 @@ def _direct_readable(path: Path, fmt: str, info: dict[str, Any], extents: Sequen
             return False
     elif fmt not in ("raw", "vpc"):
         return False
+    # A data run past EOF is something only qemu can interpret, so let it. (qemu rounds a raw file's size
+    # up to 512 B, but maps the part past EOF as zero, so raw stays direct.)
     file_size = path.stat().st_size
-    # qemu rounds a raw file's size up to 512 B and reads the tail past EOF as zeros; elsewhere a run past
-    # EOF is something only qemu can interpret, so let it.
-    limit = -(-file_size // 512) * 512 if fmt == "raw" else file_size
-    return all(ext.offset + ext.length <= limit for ext in extents if ext.source == "file")  # type: ignore[operator]
+    return all(ext.offset + ext.length <= file_size for ext in extents if ext.source == "file")  # type: ignore[operator]
 
 
 def _chunk_pieces(extents: Sequence[qemu_img.Extent], vsize: int, chunk_size: int) -> Iterator[list[_Piece]]:
@@ -221,7 +220,6 @@ def _ingest_raw_layout(
     path: Path,
     vsize: int,
     extents: Sequence[qemu_img.Extent],
-    zero_past_eof: bool,
     store: DirStore,
     chunk_size: int,
     method: Literal["direct", "converted"],
@@ -253,7 +251,7 @@ def _ingest_raw_layout(
             if file_off is None:
                 view[rel : rel + size] = zero_view[:size]
             else:
-                _read_exact(fd, view[rel : rel + size], file_off, zero_past_eof)
+                _read_exact(fd, view[rel : rel + size], file_off)
         # Written zeros are zeros too: put_data recognises them by digest and stores nothing.
         digest, _new = writer.put_data(view)
         return digest
@@ -325,14 +323,11 @@ def _drain(pending: deque[Future[str | None] | str | None], done: list[str | Non
         done.append(_result(pending.popleft()))
 
 
-def _read_exact(fd: int, view: memoryview, offset: int, zero_past_eof: bool) -> None:
+def _read_exact(fd: int, view: memoryview, offset: int) -> None:
     while view:
         n = os.preadv(fd, [view], offset)
-        if n == 0:
-            if not zero_past_eof:
-                raise IngestError(f"the image file ends at {offset}, inside a data run its map reports")
-            view[:] = bytes(len(view))
-            return
+        if n == 0:  # checked against the file size up front; the file shrank under us
+            raise IngestError(f"the image file ends at {offset}, inside a data run its map reports")
         view = view[n:]
         offset += n
 

@@ -1,41 +1,22 @@
-"""Every CVM action in one table: action → (request schema, whether it needs a region, handler).
+"""Image and region actions. `registry.ACTIONS` joins them with the instance and sharing actions into
+the one table the endpoint dispatches on.
 
 Handlers only translate between the wire and `stratus.service`; the rules live there.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from stratus.api.cvm import shapes
 from stratus.api.cvm.params import ActionSchema
+from stratus.api.cvm.table import Action, Call
 from stratus.domain import errors, os_catalog
 from stratus.service import images
-from stratus.service.context import Caller, Services
 
 TAG = {"Key": str, "Value": str}
 TAG_SPEC = [{"ResourceType": str, "Tags": [TAG]}]
 FILTERS = [{"Name": str, "Values": [str]}]
-
-
-@dataclass(frozen=True)
-class Call:
-    svc: Services
-    caller: Caller
-    region: str | None  # validated region name, None for region-less actions
-    params: dict[str, Any]
-
-
-Handler = Callable[[Call], dict[str, Any]]
-
-
-@dataclass(frozen=True)
-class Action:
-    schema: ActionSchema
-    handler: Handler
-    needs_region: bool = True
 
 
 # --------------------------------------------------------------------------- regions

@@ -10,9 +10,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from stratus.api.cvm import envelope
-from stratus.api.cvm.actions import ACTIONS, Call
 from stratus.api.cvm.auth import authenticate
 from stratus.api.cvm.params import unflatten, validate
+from stratus.api.cvm.registry import ACTIONS
+from stratus.api.cvm.table import Call
 from stratus.domain import errors
 from stratus.service.context import Services
 
@@ -33,7 +34,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _dispatch(svc: Services, request: Request, body: bytes) -> dict:
+def _dispatch(svc: Services, request: Request, body: bytes, request_id: str) -> dict:
     headers = request.headers
     if "authorization" not in headers and (b"Signature=" in body or "Signature=" in request.url.query):
         raise errors.AuthFailureInvalidAuthorization(
@@ -68,7 +69,7 @@ def _dispatch(svc: Services, request: Request, body: bytes) -> dict:
         region = svc.region(region).name
     elif region and svc.settings.region(region) is None:
         raise errors.InvalidRegionNotFound(region=region)
-    return action.handler(Call(svc, caller, region, params))
+    return action.handler(Call(svc, caller, region, params, request_id))
 
 
 def make_endpoint(svc: Services):  # type: ignore[no-untyped-def]
@@ -78,7 +79,7 @@ def make_endpoint(svc: Services):  # type: ignore[no-untyped-def]
         request_id = str(uuid.uuid4())
         try:
             body = await read_body(request, limit)
-            fields = await run_in_threadpool(_dispatch, svc, request, body)
+            fields = await run_in_threadpool(_dispatch, svc, request, body, request_id)
         except Exception as exc:
             return envelope.failure(exc, request_id)
         return envelope.success(request_id, fields)

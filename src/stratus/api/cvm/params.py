@@ -1,9 +1,9 @@
 """Request parameters: a small schema per action, GET un-flattening, strict type checks.
 
 A schema maps each field to its type: `str`, `int`, `bool`, `[T]` for lists, a dict for a nested
-model. Missing required fields give MissingParameter, wrong types InvalidParameter, unknown fields
-UnknownParameter (as the real service does). GET requests arrive flattened (`Filters.0.Values.1=x`,
-all values strings); they are rebuilt into JSON shape and coerced by the same schema.
+model, `ANY` for a field taken as sent. Missing required fields give MissingParameter, wrong types
+InvalidParameter, unknown fields UnknownParameter (as the real service does). GET requests arrive
+flattened (`Filters.0.Values.1=x`, all values strings); they are rebuilt into JSON shape and coerced by the same schema.
 """
 
 from __future__ import annotations
@@ -58,7 +58,12 @@ def _type_name(spec: Any) -> str:
     return {str: "a string", int: "an integer", bool: "a boolean", float: "a number"}[spec]
 
 
+ANY = object  # a field accepted as sent (models we take but don't act on: billing, VPC, security groups)
+
+
 def _check(value: Any, spec: Any, path: str, coerce: bool, action: str) -> Any:
+    if spec is ANY:
+        return value
     if isinstance(spec, list):
         if not isinstance(value, list):
             raise errors.InvalidParameter(detail=f"{path} must be {_type_name(spec)}.")

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from stratus.catalog.models import Image, Task
-from stratus.service.context import Caller
+from sqlalchemy import select
+
+from stratus.catalog.models import Image, Instance, Task
+from stratus.service.context import Caller, Services
 from stratus.service.images import image_type
 
 GiB = 1024**3
@@ -76,4 +79,68 @@ def task(t: Task, cos_paths: list[str] | None = None) -> dict[str, Any]:
         "CreatedTime": iso_time(t.created_at),
         "FinishedTime": iso_time(t.finished_at),
         "CosPaths": cos_paths or [],
+    }
+
+
+def os_names(svc: Services, image_ids: set[str]) -> dict[str, str]:
+    """OsName of each image still in the catalog (an instance outlives its image)."""
+    if not image_ids:
+        return {}
+    with svc.db.read() as s:
+        return dict(s.execute(select(Image.id, Image.os_name).where(Image.id.in_(image_ids))).all())
+
+
+def instance(svc: Services, inst: Instance, os_name: str) -> dict[str, Any]:
+    itype = svc.settings.instance_type(inst.instance_type)
+    system = inst.disks[0] if inst.disks else None
+    return {
+        "Placement": {"Zone": inst.zone, "ProjectId": 0, "HostIds": [], "HostId": ""},
+        "InstanceId": inst.id,
+        "InstanceType": inst.instance_type,
+        "CPU": itype.cpu if itype else 0,
+        "Memory": itype.memory_gib if itype else 0,
+        "RestrictState": "NORMAL",
+        "InstanceName": inst.name,
+        "InstanceChargeType": "POSTPAID_BY_HOUR",
+        "SystemDisk": {"DiskType": system.disk_type, "DiskId": system.id, "DiskSize": system.size_gib}
+        if system else None,
+        "DataDisks": [
+            {"DiskSize": d.size_gib, "DiskType": d.disk_type, "DiskId": d.id, "DeleteWithInstance": True,
+             "Encrypt": False}
+            for d in inst.disks[1:]
+        ],
+        "PrivateIpAddresses": [],
+        "PublicIpAddresses": None,
+        "InternetAccessible": None,
+        "VirtualPrivateCloud": None,
+        "ImageId": inst.image_id,
+        "RenewFlag": None,
+        "CreatedTime": iso_time(inst.created_at),
+        "ExpiredTime": None,
+        "OsName": os_name,
+        "SecurityGroupIds": [],
+        "LoginSettings": {},
+        "InstanceState": inst.state,
+        "Tags": [{"Key": t.key, "Value": t.value} for t in inst.tags],
+        "StopChargingMode": "NOT_APPLICABLE",
+        "Uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, "stratus:" + inst.id)),
+        "LatestOperation": inst.latest_operation,
+        "LatestOperationState": inst.latest_operation_state,
+        "LatestOperationRequestId": inst.latest_operation_request_id,
+        "LatestOperationErrorMsg": inst.latest_operation_error or "",
+        "DisasterRecoverGroupId": "",
+        "IPv6Addresses": None,
+        "CamRoleName": "",
+        "HpcClusterId": "",
+        "RdmaIpAddresses": [],
+        "DedicatedClusterId": "",
+        "IsolatedSource": "NOTISOLATED",
+        "DisableApiTermination": False,
+        "DefaultLoginUser": "root",
+        "DefaultLoginPort": 22,
+        "LatestOperationErrorMsgDetail": None,
+        # Extensions: why an instance failed or stopped on its own, and how it runs.
+        "InstanceStateReason": inst.state_reason,
+        "ComputeDriver": inst.driver,
+        "HostName": inst.host_name,
     }
