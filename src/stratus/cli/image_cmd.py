@@ -32,7 +32,7 @@ from stratus.cli.common import (
     sdk_errors,
 )
 
-app = typer.Typer(help="Import, list, show, export, delete and publish images.", no_args_is_help=True)
+app = typer.Typer(help="Import, list, show, export, delete, copy, share and publish images.", no_args_is_help=True)
 
 BLOCK = 1024 * 1024
 DEFAULT_BUCKET = "stratus-exports"
@@ -274,10 +274,167 @@ def delete(image_ids: list[str], endpoint: str = EndpointOpt, region: str = Regi
 
 @app.command("publish")
 @sdk_errors
-def publish(image_id: str, endpoint: str = EndpointOpt, region: str = RegionOpt) -> None:
-    """Operator only: publish one of your images as a public image of its region."""
-    Endpoint(endpoint, region).call("PublishImage", {"ImageId": image_id})
-    out.print(f"published {image_id}")
+def publish(
+    image_id: str,
+    all_regions: bool = typer.Option(False, "--all-regions",
+                                     help="Also copy it into every other region and publish each copy."),
+    endpoint: str = EndpointOpt,
+    region: str = RegionOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Operator only: publish one of your images as a public image of its region (--all-regions: of
+    every region). The image itself is published first, so an account that may not publish is refused
+    before anything is copied; each copy is published once it is NORMAL."""
+    ep = Endpoint(endpoint, region)
+    ep.call("PublishImage", {"ImageId": image_id})
+    published = [{"Region": ep.region, "ImageId": image_id, "ImageState": "NORMAL"}]
+    if all_regions:
+        others = [r["Region"] for r in ep.call("DescribeRegions", {})["RegionSet"] if r["Region"] != ep.region]
+        if others:
+            copies = ep.call("SyncImages", {"ImageIds": [image_id], "DestinationRegions": others,
+                                            "ImageSetRequired": True})["ImageSet"]
+            for done in follow_copies(ep, image_id, copies):
+                if done["ImageState"] == "NORMAL":
+                    Endpoint(ep.url, done["Region"]).call("PublishImage", {"ImageId": done["ImageId"]})
+                published.append(done)
+    if json_out:
+        print_json(published)
+    else:
+        for p in published:
+            what = "public" if p["ImageState"] == "NORMAL" else f"FAILED: {p.get('ImageStateReason')}"
+            typer.echo(f"{p['Region']}\t{p['ImageId']}\t{what}")
+    if any(p["ImageState"] != "NORMAL" for p in published):
+        die("some copies failed; the regions marked FAILED have no public copy", EXIT_FAILED)
+
+
+# --------------------------------------------------------------------------- copies between regions
+
+
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
+        size /= 1024
+    return f"{size:.1f} TiB"  # pragma: no cover
+
+
+def follow_copies(ep: Endpoint, image_id: str, copies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Show a progress bar (SyncPercent) per copy until each leaves SYNCING; returns, per copy, its
+    region, id, final state and what crossed between the stores (the sync task's result)."""
+    results: list[dict[str, Any]] = []
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
+                  console=console) as progress:
+        bars = {c["ImageId"]: progress.add_task(f"copy {image_id} → {c['Region']} ({c['ImageId']})", total=100)
+                for c in copies}
+        waiting = {c["ImageId"]: c for c in copies}
+        while waiting:
+            for copy_id, c in list(waiting.items()):
+                image = describe_image(Endpoint(ep.url, c["Region"]), copy_id)
+                if image is None:
+                    die(f"image {copy_id} disappeared from {c['Region']}", EXIT_FAILED)
+                progress.update(bars[copy_id], completed=image.get("SyncPercent") or 0)
+                if image["ImageState"] == "SYNCING":
+                    continue
+                del waiting[copy_id]
+                result: dict[str, Any] = {}
+                if c.get("TaskId") is not None:
+                    tasks = ep.call("DescribeTasks", {"TaskIds": [c["TaskId"]]})["TaskSet"]
+                    result = (tasks[0].get("Result") or {}) if tasks else {}
+                results.append({"Region": c["Region"], "ImageId": copy_id, "ImageState": image["ImageState"],
+                                "ImageStateReason": image.get("ImageStateReason"),
+                                "BytesCopied": result.get("BytesCopied"), "BytesTotal": result.get("BytesTotal")})
+            if waiting:
+                time.sleep(0.3)
+    return results
+
+
+# Lines of tab-separated fields go out through typer.echo: rich would expand the tabs.
+
+
+def _split(values: list[str]) -> list[str]:
+    return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
+@app.command("copy")
+@sdk_errors
+def copy(
+    image_id: str,
+    to: list[str] = typer.Option(..., "--to", help="Destination region; repeat it or separate with commas."),
+    name: str = typer.Option(None, "--name", help="Name of the copies (default: the image's name)."),
+    no_wait: bool = typer.Option(False, "--no-wait", help="Return once the copies have started."),
+    endpoint: str = EndpointOpt,
+    region: str = RegionOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Copy an image into other regions (SyncImages), with progress. Only the chunks a region's store
+    lacks are sent; prints each copy's region, id and the bytes that crossed."""
+    ep = Endpoint(endpoint, region)
+    params: dict[str, Any] = {"ImageIds": [image_id], "DestinationRegions": _split(to), "ImageSetRequired": True}
+    if name:
+        params["ImageName"] = name
+    copies = ep.call("SyncImages", params)["ImageSet"]
+    if no_wait:
+        if json_out:
+            print_json(copies)
+        else:
+            for c in copies:
+                typer.echo(f"{c['Region']}\t{c['ImageId']}")
+        return
+    results = follow_copies(ep, image_id, copies)
+    if json_out:
+        print_json(results)
+    else:
+        for r in results:
+            crossed = "" if r["BytesCopied"] is None else \
+                f"\t{_human(r['BytesCopied'])} of {_human(r['BytesTotal'] or 0)} crossed"
+            typer.echo(f"{r['Region']}\t{r['ImageId']}\t{r['ImageState']}{crossed}")
+    failed = [r for r in results if r["ImageState"] != "NORMAL"]
+    if failed:
+        die("; ".join(f"copy to {r['Region']} failed: {r['ImageStateReason']}" for r in failed), EXIT_FAILED)
+
+
+# --------------------------------------------------------------------------- sharing
+
+
+AccountOpt = typer.Option(..., "--account", help="Account id; repeat it or separate with commas.")
+
+
+@app.command("share")
+@sdk_errors
+def share(image_id: str, account: list[str] = AccountOpt, endpoint: str = EndpointOpt,
+          region: str = RegionOpt) -> None:
+    """Share a custom image with other accounts (in its region): they may launch instances from it."""
+    accounts = _split(account)
+    Endpoint(endpoint, region).request("ModifyImageSharePermission",
+                                       {"ImageId": image_id, "AccountIds": accounts, "Permission": "SHARE"})
+    out.print(f"shared {image_id} with {', '.join(accounts)}")
+
+
+@app.command("unshare")
+@sdk_errors
+def unshare(image_id: str, account: list[str] = AccountOpt, endpoint: str = EndpointOpt,
+            region: str = RegionOpt) -> None:
+    """Stop sharing an image with accounts; their running instances are not affected."""
+    accounts = _split(account)
+    Endpoint(endpoint, region).request("ModifyImageSharePermission",
+                                       {"ImageId": image_id, "AccountIds": accounts, "Permission": "CANCEL"})
+    out.print(f"unshared {image_id} from {', '.join(accounts)}")
+
+
+@app.command("shares")
+@sdk_errors
+def shares(image_id: str, endpoint: str = EndpointOpt, region: str = RegionOpt, json_out: bool = JsonOpt) -> None:
+    """List the accounts an image of yours is shared with."""
+    resp = Endpoint(endpoint, region).call("DescribeImageSharePermission", {"ImageId": image_id})
+    rows = resp["SharePermissionSet"]
+    if json_out:
+        print_json(rows)
+        return
+    table = Table("AccountId", "Shared since")
+    for r in rows:
+        table.add_row(r["AccountId"], r["CreatedTime"])
+    out.print(table)
 
 
 @app.command("export")

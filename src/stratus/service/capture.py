@@ -32,7 +32,7 @@ from stratus.service.images import (
     validate_name,
 )
 from stratus.service.instance_tasks import vm_spec
-from stratus.service.instances import GiB, _check_operable, get_owned, instance_dir
+from stratus.service.instances import GiB, check_operable, get_owned, instance_dir
 from stratus.storage.capture import capture_disk
 from stratus.tasks.runner import TaskContext, enqueue
 
@@ -73,7 +73,7 @@ def create_image(
                                                   Task.payload.contains(f'"{inst.id}"')))
             if busy is not None:
                 raise errors.MutexOperationTaskRunning(detail=f"An image of {inst.id} is being created already.")
-            _check_operable(inst, "ResetInstance")  # RUNNING or STOPPED, nothing else under way
+            check_operable(inst, "CreateImage")
             system = inst.disks[0]
             chosen = [system]
             for disk_id in dict.fromkeys(data_disk_ids or []):

@@ -339,12 +339,13 @@ OPERATIONS: dict[str, tuple[frozenset[InstanceState], InstanceState | None, str]
     "TerminateInstances": (frozenset({InstanceState.RUNNING, InstanceState.STOPPED, InstanceState.LAUNCH_FAILED}),
                            InstanceState.TERMINATING, "RUNNING, STOPPED or LAUNCH_FAILED"),
     "ResetInstance": (frozenset({InstanceState.RUNNING, InstanceState.STOPPED}), None, "RUNNING or STOPPED"),
+    "CreateImage": (frozenset({InstanceState.RUNNING, InstanceState.STOPPED}), None, "RUNNING or STOPPED"),
 }
 OP_NAMES = {"StartInstances": "start", "StopInstances": "stop", "RebootInstances": "reboot",
             "TerminateInstances": "terminate", "ResetInstance": "reset"}
 
 
-def _check_operable(inst: Instance, action: str) -> None:
+def check_operable(inst: Instance, action: str) -> None:
     accepted, _, needed = OPERATIONS[action]
     if inst.latest_operation_state == "OPERATING" and inst.state not in INSTANCE_BUSY:
         raise errors.InstanceOperationInProgress(instance_id=inst.id, operation=inst.latest_operation)
@@ -365,7 +366,7 @@ def change_instances(svc: Services, caller: Caller, region: str, action: str, in
     with svc.db.write() as s:
         instances = [get_owned(s, caller, region, iid, lock=svc.db.is_postgresql) for iid in unique]
         for inst in instances:
-            _check_operable(inst, action)
+            check_operable(inst, action)
         previous = {inst.id: inst.state for inst in instances}
         for inst in instances:
             inst.state = transitional or inst.state
@@ -387,7 +388,7 @@ def reset_instance(svc: Services, caller: Caller, region: str, instance_id: str,
         raise errors.IllegalHostName(value=host_name, detail="use 2-60 letters, digits, '.' and '-'")
     with svc.db.write() as s:
         inst = get_owned(s, caller, region, instance_id, lock=svc.db.is_postgresql)
-        _check_operable(inst, "ResetInstance")
+        check_operable(inst, "ResetInstance")
         image = get_visible(s, caller, region, image_id or inst.image_id)
         itype = find_instance_type(svc, inst.instance_type)
         _check_image_usable(image, itype, inst.instance_type)

@@ -32,6 +32,7 @@ def prepare(settings: Settings) -> Services:
 def task_handlers(svc: Services) -> dict[str, Handler]:
     from stratus.service.capture import CaptureHandler
     from stratus.service.instance_tasks import InstanceHandler, LaunchHandler
+    from stratus.service.sync import SyncHandler
 
     return {
         "import": ImportHandler(svc),
@@ -39,6 +40,7 @@ def task_handlers(svc: Services) -> dict[str, Handler]:
         "launch": LaunchHandler(svc),
         "instance": InstanceHandler(svc),
         "capture": CaptureHandler(svc),
+        "sync": SyncHandler(svc),
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import uuid
 from datetime import UTC, datetime
@@ -79,6 +80,8 @@ def task(t: Task, cos_paths: list[str] | None = None) -> dict[str, Any]:
         "CreatedTime": iso_time(t.created_at),
         "FinishedTime": iso_time(t.finished_at),
         "CosPaths": cos_paths or [],
+        # What the finished task reports, e.g. a sync's BytesCopied (docs/api.md, DescribeTasks).
+        "Result": json.loads(t.result) if t.result else None,
     }
 
 
