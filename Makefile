@@ -3,8 +3,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha256sum | cut -c1-12)
-# qemu-utils: qemu-img for inspection and conversion. postgresql-client: pg_isready for `make test`.
-DEB_PACKAGES := qemu-utils
+# Debian packages (scripts/debian-packages.txt): qemu-img for inspection and conversion; qemu-system, the
+# cloud kernel and busybox for the qemu compute driver and its tests.
+DEB_PACKAGES := $(shell grep -v '^\#' scripts/debian-packages.txt)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test deps debs lint bench clean

@@ -78,10 +78,13 @@ if [ -n "$seed" ]; then
     echo "STRATUS-USERDATA-DONE rc=$rc"
   fi
 fi
+# The device is opened here, before READY is printed: evdev drops events that arrive before a reader opens it.
 for e in /sys/class/input/event*; do
   [ "$(cat $e/device/name 2>/dev/null)" = "Power Button" ] || continue
-  (dd if=/dev/input/${e##*/} of=/dev/null bs=24 count=1 2>/dev/null
+  exec 3</dev/input/${e##*/}
+  (dd of=/dev/null bs=24 count=1 <&3 2>/dev/null
    echo STRATUS-POWERDOWN; umount /mnt/root; sync; poweroff -f) &
+  exec 3<&-
 done
 echo STRATUS-READY
 while true; do sleep 3600; done

@@ -19,6 +19,7 @@ import os
 import posixpath
 import re
 import subprocess
+import uuid
 from pathlib import Path
 
 from stratus.compute.driver import ComputeError
@@ -143,7 +144,8 @@ def _resolve(image: Path, path: str) -> tuple[str, int] | None:
 
 def _dump(image: Path, src: str, size: int, dest: Path) -> None:
     """Copy one file out of the filesystem to ``dest`` (written under a temporary name, then renamed)."""
-    tmp_name = f".{dest.name}.tmp"
+    # Unique per caller: two launches of the same image may extract into the same cache at once.
+    tmp_name = f".{dest.name}.{uuid.uuid4().hex}.tmp"
     tmp = dest.with_name(tmp_name)
     try:
         _, err = _debugfs(image, f"dump {src} {tmp_name}", cwd=dest.parent)

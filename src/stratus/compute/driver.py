@@ -80,7 +80,8 @@ class Driver(Protocol):
 
     def adopt(self, instance_id: str, workdir: Path) -> bool:
         """After a server restart: True if a VM for this instance still runs and is supervised again (its exit
-        now reaches the exit callback, with returncode None); False, with every trace of it removed, if not."""
+        now reaches the exit callback, with returncode None); False, with every trace of it removed, if not.
+        A VM found paused (the crash interrupted a capture) is resumed."""
         ...
 
     def cleanup(self, instance_id: str, workdir: Path) -> None:

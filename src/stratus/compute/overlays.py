@@ -11,8 +11,8 @@ be large and is trusted but needn't be touched) nor probes its format. Moving a 
 Many at once (:func:`create_overlays`, a RunInstances for N instances): an empty overlay is a pure function of
 (base path, base format, size): it holds no path of its own, no time stamp, no random id (qcow2 has no UUID).
 So one is made by qemu-img into a template and its non-zero blocks are written into each copy, sparse like
-the original. Measured (tests/compute/test_overlays.py): 100 overlays in ~10-30 ms instead of ~1.2 s of
-qemu-img runs.
+the original, and fsynced from a thread pool. Measured (tests/compute/test_overlays.py): 100 overlays in ~40 ms,
+against ~10-20 ms for each qemu-img run; each takes 12 KiB on disk against qemu-img's 196 KiB.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from stratus.compute.driver import ComputeError
@@ -28,6 +29,7 @@ from stratus.disk import qemu_img
 from stratus.disk.qemu_img import INSPECT_LIMITS, Extent, QemuImgError
 
 _BLOCK = 4096
+_SYNC_THREADS = 16
 
 
 def base_virtual_size(base: Path, base_format: str) -> int:
@@ -84,7 +86,8 @@ def create_overlays(base: Path, base_format: str, paths: list[Path], size: int) 
     """:func:`create_overlay` for every path, fast: one qemu-img run, then byte copies (see the module doc).
 
     Each copy is written under a temporary name, fsynced and renamed, so a path holds a whole overlay or
-    nothing, even across a crash; the directories are fsynced last."""
+    nothing, even across a crash; the directories are fsynced last. A failure may leave some paths created:
+    a retry overwrites them."""
     if not paths:
         return
     _check_size(base, base_format, size)
@@ -97,7 +100,8 @@ def create_overlays(base: Path, base_format: str, paths: list[Path], size: int) 
         data = template.read_bytes()
     length = len(data)
     segments = _segments(data)
-    for path in paths:
+
+    def write_one(path: Path) -> None:
         tmp_path = path.with_name(f".{path.name}.tmp")
         fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
@@ -112,6 +116,11 @@ def create_overlays(base: Path, base_format: str, paths: list[Path], size: int) 
             raise
         os.close(fd)
         os.replace(tmp_path, path)
+
+    # fsyncs issued together share the filesystem's journal commits: measured 35-40 ms for 100 files with 16
+    # threads against 100-600 ms one after another on a busy disk.
+    with ThreadPoolExecutor(max_workers=min(_SYNC_THREADS, len(paths))) as pool:
+        list(pool.map(write_one, paths))
     for directory in {p.parent for p in paths}:
         dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
         try:
