@@ -493,6 +493,9 @@ def delete_images(svc: Services, caller: Caller, region: str, image_ids: list[st
             return
         for image in images:
             s.delete(image)
+    from stratus.service.bases import release_unused_bases  # bases depend on images, not the other way
+
+    release_unused_bases(svc, region)
 
 
 # --------------------------------------------------------------------------- quota, families, OS list
