@@ -13,10 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stratus.domain.manifest import DEFAULT_CHUNK_SIZE as MANIFEST_DEFAULT_CHUNK_SIZE
+
 GiB = 1024**3
 MiB = 1024**2
 
-DEFAULT_CHUNK_SIZE = 4 * MiB
+# Chosen by bench/chunk_size.py (docs/design.md): 1 MiB chunks ingest as fast as 4 MiB, store less, and
+# make captures and copies of scattered writes about 3× smaller.
+DEFAULT_CHUNK_SIZE = MANIFEST_DEFAULT_CHUNK_SIZE
 DEFAULT_EXPORT_BUCKET = "stratus-exports"
 
 

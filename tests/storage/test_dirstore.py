@@ -132,6 +132,18 @@ def test_get_refuses_oversized_file_without_hashing_it_all(store: DirStore) -> N
     assert store.verify(d) is False
 
 
+def test_get_refuses_a_symlink(store: DirStore, tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"not yours")
+    d = digest(b"not yours")  # even with the right digest, the store never follows a link out
+    path = store.path_for(d)
+    path.parent.mkdir(parents=True)
+    path.symlink_to(secret)
+    with pytest.raises(ChunkCorrupt, match="symbolic link"):
+        store.get(d)
+    assert list(store.iter_chunks()) == []
+
+
 def test_touch_and_missing(store: DirStore) -> None:
     data = b"t" * 100
     d = digest(data)

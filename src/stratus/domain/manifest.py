@@ -90,9 +90,7 @@ class DiskManifest:
             )
         for index, digest in enumerate(self.chunks):
             if digest is not None and not is_digest(digest):
-                raise ValueError(
-                    f"manifest chunk {index} is not a lowercase hex BLAKE3 digest: {digest!r:.80}"
-                )
+                raise ValueError(f"manifest chunk {index} is not a lowercase hex BLAKE3 digest: {digest!r:.80}")
 
     # --- serialization
 
@@ -121,7 +119,7 @@ class DiskManifest:
         if set(doc) != _KEYS:
             raise ValueError(f"manifest keys must be exactly {sorted(_KEYS)}, got {sorted(doc)!r:.200}")
         if _strict_int("version", doc["version"]) != FORMAT_VERSION:
-            raise ValueError(f"unsupported manifest version {doc['version']}; this build reads 1")
+            raise ValueError(f"unsupported manifest version {doc['version']}; this build reads {FORMAT_VERSION}")
         if doc["hash"] != HASH_NAME:
             raise ValueError(f"unsupported manifest hash {doc['hash']!r:.40}; this build reads {HASH_NAME!r}")
         chunks = doc["chunks"]

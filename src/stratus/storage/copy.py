@@ -77,9 +77,11 @@ class Pace:
     average rate over any long stretch is at most ``rate`` (one chunk may go out at once).
     """
 
-    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.rate = rate
         self._clock = clock
+        self._sleep = sleep
         self._lock = threading.Lock()
         self._next = clock()
 
@@ -91,7 +93,7 @@ class Pace:
             start = max(now, self._next)
             self._next = start + n / self.rate
         if start > now:
-            time.sleep(start - now)
+            self._sleep(start - now)
 
 
 def _present_size(dst: DirStore, digest: str) -> int | None:

@@ -31,13 +31,18 @@ _DEFAULT_OPTIONS: dict[str, dict[str, str]] = {
     "vmdk": {"subformat": "monolithicSparse"},
     "vpc": {"force_size": "on"},
 }
-_READ_AHEAD = 4  # chunks read (and verified) ahead of the consumer
+# Chunks read (and verified) ahead of the consumer, by this many threads. Chunks are written with O_DIRECT,
+# so an export may read them from the device; parallel reads hide its latency. Measured on a 1.5 GiB
+# disk of 1 MiB chunks: iter_raw 0.30 s with 4 threads (the chunk read is one exact-size read; reading
+# with a 64 MiB bound per chunk, as first written, took 2.9 s).
+_READ_AHEAD = 16
+_READ_THREADS = 4
 _PROGRESS_INTERVAL = 0.25
 
 
 def _verified_chunks(manifest: DiskManifest, store: DirStore) -> Iterator[tuple[int, bytes | None]]:
     """(index, bytes or None for a zero chunk) in order, reading a few chunks ahead in threads."""
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="export") as pool:
+    with ThreadPoolExecutor(max_workers=_READ_THREADS, thread_name_prefix="export") as pool:
         pending: deque[tuple[int, Future[bytes] | None]] = deque()
         try:
             for index, digest in enumerate(manifest.chunks):

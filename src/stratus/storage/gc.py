@@ -39,8 +39,7 @@ class GcResult:
         return [
             f"deleted {self.deleted} chunks ({_human(self.deleted_bytes)})",
             f"kept {self.kept_touched} chunks touched since planning, {self.already_gone} already gone",
-            f"removed {self.temp_files_removed} stale temp files, restored {self.trash_restored} interrupted "
-            "deletions",
+            f"removed {self.temp_files_removed} stale temp files, restored {self.trash_restored} interrupted deletions",
         ]
 
 
@@ -71,8 +70,7 @@ class GcPlan:
             f"recent: {len(self.kept_recent)} unreferenced chunks kept "
             f"({_human(sum(c.size for c in self.kept_recent))}), younger than the grace period",
             f"to delete: {len(self.to_delete)} unreferenced chunks ({_human(self.reclaim_bytes)})",
-            f"stale temp files: {len(self.stale_temp_files)} "
-            f"({_human(sum(t.size for t in self.stale_temp_files))})",
+            f"stale temp files: {len(self.stale_temp_files)} ({_human(sum(t.size for t in self.stale_temp_files))})",
         ]
         if self.missing_referenced:
             lines.append(
@@ -133,9 +131,7 @@ def plan_gc(
     refs = frozenset(referenced)
     bad = [d for d in refs if not is_digest(d)]
     if bad:
-        raise ValueError(
-            f"referenced set holds {len(bad)} malformed digests (e.g. {bad[0]!r:.80}); gc stopped"
-        )
+        raise ValueError(f"referenced set holds {len(bad)} malformed digests (e.g. {bad[0]!r:.80}); gc stopped")
     cutoff = (time.time() if now is None else now) - grace_seconds
     to_delete: list[ChunkInfo] = []
     recent: list[ChunkInfo] = []

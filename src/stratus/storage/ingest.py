@@ -33,13 +33,15 @@ from typing import Any, Literal
 
 from stratus.disk import qemu_img
 from stratus.domain.manifest import DEFAULT_CHUNK_SIZE, DiskManifest, check_chunk_size, chunk_count, is_digest
-from stratus.storage.dirstore import ChunkWriter, DirStore
+from stratus.storage.dirstore import DirStore
 
 Progress = Callable[[int, int], None]
+Method = Literal["direct", "converted"]
 
 # Four workers keep two cores busy while others wait on fsync or a read (bench/chunk_size.py).
 DEFAULT_WORKERS = 4
 _PROGRESS_INTERVAL = 0.25  # seconds between progress calls
+_STOP_INTERVAL = 0.25  # seconds between should_stop() polls: it may be a database read
 
 
 class IngestError(Exception):
@@ -73,7 +75,7 @@ class IngestResult:
     new_bytes: int  # their bytes: what this ingest added to the store
     reused_chunks: int  # data chunks the store already had (or that repeat within the disk)
     data_bytes: int  # bytes of the disk in non-zero chunks
-    method: Literal["direct", "converted"]
+    method: Method
 
 
 # A piece of one chunk: (offset in chunk, length, file offset or None for zeros).
@@ -96,10 +98,11 @@ def ingest_disk(
 
     Every chunk the manifest names is durable in ``store`` when this returns. ``progress(done, total)``
     is called every ~0.25 s and at the end; for a converted image the conversion counts as the first
-    half of ``total``. ``should_stop()`` is polled between chunks (and during a conversion); when it
-    returns True, :class:`IngestCancelled` is raised. ``already`` resumes an interrupted ingest of the
-    *same file* (``IngestCancelled.done``): those chunks are only touched, or re-read if gone meanwhile.
-    ``tmp_dir`` holds the raw file of a conversion (default: the store's scratch directory).
+    half of ``total``. ``should_stop()`` is polled between chunks, at most every 0.25 s (and during a
+    conversion); when it returns True, :class:`IngestCancelled` is raised. ``already`` resumes an
+    interrupted ingest of the *same file* (``IngestCancelled.done``): those chunks are only touched, or
+    re-read if gone meanwhile. ``tmp_dir`` holds the raw file of a conversion (default: the store's
+    scratch directory).
     """
     check_chunk_size(chunk_size)
     path = Path(path)
@@ -111,11 +114,22 @@ def ingest_disk(
     extents = qemu_img.map_extents(path, qemu_format)
     _check_coverage(extents, vsize)
 
-    if _direct_readable(path, qemu_format, info, extents):
+    def chunk_it(raw_path: Path, raw_extents: Sequence[qemu_img.Extent], method: Method, base: int) -> IngestResult:
         return _ingest_raw_layout(
-            path, vsize, extents, store, chunk_size, "direct",
-            progress, 0, vsize, should_stop, already, workers,
-        )  # fmt: skip
+            raw_path,
+            vsize,
+            raw_extents,
+            store=store,
+            chunk_size=chunk_size,
+            method=method,
+            progress=_scaled(progress, base, vsize + base),
+            should_stop=should_stop,
+            already=already,
+            workers=workers,
+        )
+
+    if _direct_readable(path, qemu_format, info, extents):
+        return chunk_it(path, extents, "direct", 0)
 
     # Some guest data only qemu can decode: convert to a sparse raw file next to the store.
     scratch = Path(tmp_dir) if tmp_dir is not None else store.scratch_dir
@@ -133,13 +147,17 @@ def ingest_disk(
         qemu_img.convert(path, qemu_format, tmp, "raw", progress=on_convert)
         raw_extents = qemu_img.map_extents(tmp, "raw")
         _check_coverage(raw_extents, vsize)
-        return _ingest_raw_layout(
-            tmp, vsize, raw_extents, store, chunk_size, "converted",
-            progress, vsize, 2 * vsize, should_stop, already, workers,
-        )  # fmt: skip
+        return chunk_it(tmp, raw_extents, "converted", vsize)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def _scaled(progress: Progress | None, base: int, total: int) -> Progress | None:
+    """Report chunking progress as the part of ``total`` after ``base`` (a conversion came first)."""
+    if progress is None:
+        return None
+    return lambda done, _vsize: progress(base + done, total)
 
 
 def _refuse_other_files(path: Path, fmt: str, info: dict[str, Any]) -> None:
@@ -220,12 +238,11 @@ def _ingest_raw_layout(
     path: Path,
     vsize: int,
     extents: Sequence[qemu_img.Extent],
+    *,
     store: DirStore,
     chunk_size: int,
-    method: Literal["direct", "converted"],
+    method: Method,
     progress: Progress | None,
-    progress_base: int,
-    progress_total: int,
     should_stop: Callable[[], bool] | None,
     already: Sequence[str | None] | None,
     workers: int,
@@ -258,13 +275,22 @@ def _ingest_raw_layout(
 
     done: list[str | None] = []
     last_report = 0.0
+    last_poll = -_STOP_INTERVAL  # poll before the first chunk
+
+    def stop_requested() -> bool:
+        nonlocal last_poll
+        now = time.monotonic()
+        if should_stop is None or now - last_poll < _STOP_INTERVAL:
+            return False
+        last_poll = now
+        return should_stop()
 
     def report(force: bool = False) -> None:
         nonlocal last_report
         now = time.monotonic()
         if progress is not None and (force or now - last_report >= _PROGRESS_INTERVAL):
             last_report = now
-            progress(progress_base + min(len(done) * chunk_size, vsize), progress_total)
+            progress(min(len(done) * chunk_size, vsize), vsize)
 
     pending: deque[Future[str | None] | str | None] = deque()
     window = max(1, workers) * 2  # bounds memory and the work lost to a cancellation
@@ -272,13 +298,14 @@ def _ingest_raw_layout(
         with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="ingest") as pool:
             try:
                 for index, pieces in enumerate(_chunk_pieces(extents, vsize, chunk_size)):
-                    if should_stop is not None and should_stop():
+                    if stop_requested():
                         _drain(pending, done)
                         writer.commit()
                         raise IngestCancelled(done)
                     if already is not None and index < len(already):
                         prior = already[index]
-                        if prior is None or _reuse(writer, prior):
+                        # Resumed chunks count as reused (by the manifest), like any chunk already present.
+                        if prior is None or store.touch(prior):
                             pending.append(prior)
                             continue
                     if not pieces:
@@ -307,11 +334,6 @@ def _ingest_raw_layout(
         data_bytes=manifest.data_bytes,
         method=method,
     )
-
-
-def _reuse(writer: ChunkWriter, digest: str) -> bool:
-    # Counted by the manifest, not the writer: a resumed chunk is "reused" like any other present chunk.
-    return writer.store.touch(digest)
 
 
 def _result(item: Future[str | None] | str | None) -> str | None:
