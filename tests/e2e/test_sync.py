@@ -370,6 +370,8 @@ def test_kill9_during_a_copy_resumes(paced: Server, paced_web: tuple[Path, str],
     delete = models.DeleteImagesRequest()
     delete.ImageIds = [copy_id]
     assert code_of(srv.client(acct, SH).DeleteImages, delete) == "InvalidImageId.IncorrectState"
+    delete.ImageIds = [image_id]  # the source can't go either while a copy reads its chunks
+    assert code_of(srv.client(acct, GZ).DeleteImages, delete) == "MutexOperation.TaskRunning"
     # SyncPercent is truthful: never ahead of the chunks that are in the Shanghai store.
     pct = percent()
     present = sum(n for d, n in chunks.items() if (store_of(srv, SH) / "chunks" / d[:2] / d[2:4] / d).exists())

@@ -483,10 +483,16 @@ def delete_images(svc: Services, caller: Caller, region: str, image_ids: list[st
                                                           needed="NORMAL or a failed state")
             if s.scalar(select(func.count()).select_from(ImageShare).where(ImageShare.image_id == image_id)):
                 raise errors.InvalidImageIdInShared(image_id=image_id)
-            if s.scalar(select(Task.id).where(Task.image_id == image_id, Task.state.in_(("QUEUED", "RUNNING")),
-                                              Task.kind == "export")):
+            in_flight = (Task.state.in_(("QUEUED", "RUNNING")))
+            if s.scalar(select(Task.id).where(in_flight, Task.image_id == image_id, Task.kind == "export")):
                 raise errors.MutexOperationTaskRunning(
                     detail=f"The image {image_id} is being exported; delete it when the export finishes."
+                )
+            # A copy reads the source's chunks until it ends: deleting the source would let gc take them.
+            if s.scalar(select(Task.id).where(in_flight, Task.kind == "sync",
+                                              Task.payload.contains(f'"source_image_id": "{image_id}"'))):
+                raise errors.MutexOperationTaskRunning(
+                    detail=f"The image {image_id} is being copied to another region; delete it when the copy ends."
                 )
             images.append(image)
         if dry_run:
