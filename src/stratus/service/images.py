@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Select, and_, exists, false, func, or_, select, update
+from sqlalchemy import and_, exists, false, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -183,7 +183,8 @@ def describe_images(
         raise errors.InvalidParameterValueInvalidParameterValueLimit(
             detail=f"Limit must be between 0 and {MAX_LIMIT}, not {limit}."
         )
-    where = [_visible(caller, region)]
+    where: list[Any] = []
+    kinds = list(ImageType)
     if image_ids is not None:
         if len(image_ids) > MAX_IDS:
             raise errors.InvalidParameterValueLimitExceeded(detail=f"At most {MAX_IDS} ImageIds per request.")
@@ -203,21 +204,46 @@ def describe_images(
                 raise errors.InvalidFilterValueLimitExceeded(limit=MAX_FILTER_VALUES, name=name, count=len(values))
             if not values:
                 raise errors.InvalidFilter(detail=f"Filter {name!r} has no Values.")
-            where.append(_filter_clause(caller, name, values))
+            if name == "image-type":
+                _filter_clause(caller, name, values)  # validates the values
+                kinds = [k for k in kinds if k in values]
+            else:
+                where.append(_filter_clause(caller, name, values))
     if instance_type is not None:
         where.append(_instance_type_clause(svc, instance_type))
+    # The visible set is the disjoint union of three kinds, each an index range: public in the region,
+    # the caller's own, shared with the caller. Counting and paging each kind on its own index is what
+    # keeps DescribeImages at a few ms with 10,000 images (an OR across them scans the region).
+    parts = [and_(Image.region == region, _kind_clause(caller, kind), *where) for kind in kinds]
+    window = offset + limit
     with svc.db.read() as s:
-        total = s.scalar(select(func.count()).select_from(Image).where(*where)) or 0
-        q: Select[Any] = (
-            select(Image)
-            .where(*where)
-            .order_by(Image.created_at.desc(), Image.id.desc())
-            .offset(offset)
-            .limit(limit)
-            .options(selectinload(Image.disks), selectinload(Image.tags))
-        )
-        images = list(s.scalars(q).all())
-    return ImagePage(total, images)
+        total = sum(s.scalar(select(func.count()).select_from(Image).where(part)) or 0 for part in parts)
+        heads: list[tuple[float, str]] = []
+        for part in parts:
+            if window:
+                heads += s.execute(
+                    select(Image.created_at, Image.id).where(part)
+                    .order_by(Image.created_at.desc(), Image.id.desc()).limit(window)
+                ).all()
+        page_ids = [i for _, i in sorted(heads, reverse=True)[offset:window]]
+        by_id = {
+            img.id: img
+            for img in s.scalars(
+                select(Image).where(Image.id.in_(page_ids))
+                .options(selectinload(Image.disks), selectinload(Image.tags))
+            ).all()
+        } if page_ids else {}
+    return ImagePage(total, [by_id[i] for i in page_ids if i in by_id])
+
+
+def _kind_clause(caller: Caller, kind: ImageType) -> Any:
+    """The images of one kind for the caller (the three kinds are disjoint)."""
+    if kind is ImageType.PUBLIC:
+        return Image.is_public
+    if kind is ImageType.PRIVATE:
+        return and_(Image.owner_id == caller.account_id, ~Image.is_public)
+    shared = select(ImageShare.image_id).where(ImageShare.account_id == caller.account_id)
+    return and_(Image.id.in_(shared), Image.owner_id != caller.account_id, ~Image.is_public)
 
 
 INSTANCE_TYPE_RE = re.compile(r"^[A-Z][A-Z0-9]*\.[A-Z0-9]+$")
