@@ -28,7 +28,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
+
+import blake3
 
 from stratus.disk import qemu_img
 from stratus.storage.dirstore import DirStore
@@ -131,6 +135,26 @@ def modified_copy(base: Path, dest: Path, scenario: str, size: int, rng: random.
     return sum(length for _, length in writes)
 
 
+def data_chunks(raw: Path, chunk_size: int) -> list[bytes]:
+    """The disk's distinct non-zero chunks, in memory."""
+    seen: dict[bytes, bytes] = {}
+    zero = bytes(chunk_size)
+    with open(raw, "rb") as f:
+        while block := f.read(chunk_size):
+            if block != zero[: len(block)]:
+                seen.setdefault(blake3.blake3(block).digest(), block)
+    return list(seen.values())
+
+
+def write_chunks(store: DirStore, blobs: list[bytes], strategy: str) -> None:
+    if strategy.startswith("serial"):
+        for b in blobs:
+            store.put(blake3.blake3(b).hexdigest(), b)
+        return
+    with store.writer() as w, ThreadPoolExecutor(4) as pool:
+        list(pool.map(w.put_data, blobs))
+
+
 def fmt_mb(n: float) -> str:
     return f"{n / MiB:,.1f}"
 
@@ -155,8 +179,12 @@ def main() -> int:
         qemu_img.convert(raw, "raw", qcow, "qcow2")
         settle()
         alloc = os.stat(qcow).st_blocks * 512
-        print(f"test disk: {args.size_mib} MiB virtual, qcow2 file {fmt_mb(os.path.getsize(qcow))} MiB "
-              f"({fmt_mb(alloc)} MiB allocated), built in {t:.1f} s")
+        fs = subprocess.run(["stat", "-f", "-c", "%T", str(work)], capture_output=True, text=True).stdout.strip()
+        print(f"machine: {os.cpu_count()} CPUs, kernel {os.uname().release}, work dir on {fs}")
+        print(
+            f"test disk: {args.size_mib} MiB virtual, qcow2 file {fmt_mb(os.path.getsize(qcow))} MiB "
+            f"({fmt_mb(alloc)} MiB allocated), built in {t:.1f} s"
+        )
 
         # Physical limits, same machine, same run (best of 2; the page cache is warm for all of them).
         limits = {}
@@ -168,14 +196,49 @@ def main() -> int:
         out_raw.unlink()
         cp = work / "cp.qcow2"
         limits["cp --sparse=always qcow2 + sync"] = min(
-            (timed(lambda: (subprocess.run(["cp", "--sparse=always", str(qcow), str(cp)], check=True),
-                            os.sync())), cp.unlink(), settle())[0]
+            (
+                timed(lambda: (subprocess.run(["cp", "--sparse=always", str(qcow), str(cp)], check=True), os.sync())),
+                cp.unlink(),
+                settle(),
+            )[0]
             for _ in range(2)
         )
         print("\nphysical limits (best of 2):")
         for name, secs in limits.items():
             print(f"  {name:34s} {secs:6.2f} s  {size / secs / 1e6:8,.0f} MB/s of virtual disk")
         ref = limits["qemu-img convert qcow2->raw"]
+
+        print(
+            "\nwriting the disk's data chunks into an empty store, by write strategy (best of "
+            f"{args.reps}; chunks already in memory, so this is the store alone):"
+        )
+        print(f"{'chunk':>6} {'put() serial':>12} {'put() no fsync':>14} {'writer x4':>10} {'writer x4 buffered':>19}")
+        for cs in CHUNK_SIZES:
+            blobs = data_chunks(raw, cs)
+            cells = []
+            for strategy in ("serial", "serial-nofsync", "writer", "writer-buffered"):
+                best = float("inf")
+                for rep in range(args.reps):
+                    store = DirStore(
+                        work / f"fsync-{cs // MiB}M-{strategy}-{rep}",
+                        durable=strategy != "serial-nofsync",
+                        direct_io=strategy != "writer-buffered",
+                    )
+                    settle()
+                    t0 = time.perf_counter()
+                    write_chunks(store, blobs, strategy)
+                    best = min(best, time.perf_counter() - t0)
+                cells.append(best)
+            print(
+                f"{cs // MiB:>4}Mi {cells[0]:12.2f} {cells[1]:14.2f} {cells[2]:10.2f} {cells[3]:19.2f}   "
+                f"({len(blobs)} chunks, {fmt_mb(sum(len(b) for b in blobs))} MiB)"
+            )
+            blobs = []  # free ~1 GB before the next size
+        print("  put() serial = DirStore.put per chunk: file fsync + directory fsync each time, one thread;")
+        print(
+            "  writer x4 = ChunkWriter from 4 threads (file fsync each, directories once at commit), "
+            "O_DIRECT unless 'buffered'"
+        )
 
         scenarios = ["contig64", "scatter4M", "4k-in-64M", "4k-whole"]
         copies = {}
@@ -185,9 +248,9 @@ def main() -> int:
             written[sc] = modified_copy(raw, copies[sc], sc, size, random.Random(f"{args.seed}-{sc}"))
         settle()
 
-        rows = []
+        rows: list[dict[str, Any]] = []
         for cs in CHUNK_SIZES:
-            row: dict[str, object] = {"chunk": cs}
+            row: dict[str, Any] = {"chunk": cs}
             variants = (
                 ("nofsync", {"durable": False}, 4),
                 ("buffered", {"direct_io": False}, 4),
@@ -224,22 +287,28 @@ def main() -> int:
             rows.append(row)
             settle()
 
-        print(f"\ningest of the qcow2 ({args.size_mib} MiB virtual) into an empty store, seconds, best of "
-              f"{args.reps}; as shipped = fsync + O_DIRECT + 4 workers; other columns change one thing:")
-        hdr = (f"{'chunk':>6} {'ingest s':>8} {'MB/s':>7} {'x conv':>6} {'no-fsync':>8} {'buffered':>8} "
-               f"{'1-worker':>8} {'again s':>7} {'chunks':>7} {'stored MiB':>10} {'zero ch':>7} {'manifest':>9}")
+        print(
+            f"\ningest of the qcow2 ({args.size_mib} MiB virtual) into an empty store, seconds, best of "
+            f"{args.reps}; as shipped = fsync + O_DIRECT + 4 workers; other columns change one thing:"
+        )
+        hdr = (
+            f"{'chunk':>6} {'ingest s':>8} {'MB/s':>7} {'x conv':>6} {'no-fsync':>8} {'buffered':>8} "
+            f"{'1-worker':>8} {'again s':>7} {'chunks':>7} {'stored MiB':>10} {'zero ch':>7} {'manifest':>9}"
+        )
         print(hdr)
         for r in rows:
-            secs = float(r["ingest"])  # type: ignore[arg-type]
-            print(f"{int(r['chunk']) // MiB:>4}Mi {secs:8.2f} {size / secs / 1e6:7,.0f} {ref / secs:6.2f} "  # type: ignore[call-overload]
-                  f"{r['nofsync']:8.2f} {r['buffered']:8.2f} {r['1worker']:8.2f} {r['again']:7.2f} {r['chunks']:>7} "
-                  f"{fmt_mb(r['stored']):>10} {r['zero_chunks']:>7} {r['manifest_json']:>9,}")  # type: ignore[arg-type]
+            secs = float(r["ingest"])
+            print(
+                f"{int(r['chunk']) // MiB:>4}Mi {secs:8.2f} {size / secs / 1e6:7,.0f} {ref / secs:6.2f} "
+                f"{r['nofsync']:8.2f} {r['buffered']:8.2f} {r['1worker']:8.2f} {r['again']:7.2f} {r['chunks']:>7} "
+                f"{fmt_mb(r['stored']):>10} {r['zero_chunks']:>7} {r['manifest_json']:>9,}"
+            )
         print("  (x conv = qemu-img convert qcow2->raw time / ingest time; > 1 means ingest is faster)")
 
         print("\ndelta stored when the disk changes (MiB of new chunk bytes):")
         print(f"{'scenario':>10} {'written':>8} " + " ".join(f"{cs // MiB:>5}Mi" for cs in CHUNK_SIZES))
         for sc in scenarios:
-            cells = " ".join(f"{fmt_mb(int(r[sc])):>7}" for r in rows)  # type: ignore[call-overload]
+            cells = " ".join(f"{fmt_mb(int(r[sc])):>7}" for r in rows)
             print(f"{sc:>10} {fmt_mb(written[sc]):>8} {cells}")
     finally:
         if not args.keep:

@@ -95,6 +95,9 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--skip-http", action="store_true")
+    ap.add_argument("--describe-only", action="store_true", help="only the DescribeImages query profile")
+    ap.add_argument("--describe-http", action="store_true",
+                    help="only DescribeImages through HTTP: SDK vs a bare signed POST vs client-side parsing")
     args = ap.parse_args()
     sizes = bench.QUICK if args.quick else bench.FULL
     parent = Path(args.workdir) if args.workdir else bench.HERE / "out"
@@ -102,6 +105,12 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="prof-", dir=parent))
     server: bench.Server | None = None
     try:
+        if args.describe_only:
+            profile_describe(work, sizes.images)
+            return 0
+        if args.describe_http:
+            profile_describe_http(work, sizes.images, sizes.calls)
+            return 0
         if args.file:
             src = Path(args.file)
         else:
@@ -117,7 +126,7 @@ def main() -> int:
         emit(f"disk: {src.name}, {vsize / GiB:.2f} GiB virtual, file {size / MiB:,.0f} MiB, "
              f"{data / MiB:,.0f} MiB mapped data in {len(extents)} extents; load {os.getloadavg()[0]:.2f}")
         emit()
-        emit("| What | Best of {} | Rate | × convert |".format(args.reps))
+        emit(f"| What | Best of {args.reps} | Rate | × convert |")
         emit("|---|---|---|---|")
         out_raw = work / "ref.raw"
         t_conv, _ = best(args.reps, lambda: subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw",
@@ -141,69 +150,79 @@ def main() -> int:
         t, _ = best(args.reps, lambda: qemu_img.map_extents(src, "qcow2"))
         row("… qemu-img map alone", t)
 
+        from stratus.config import load_settings
+
+        chunk = load_settings(data_dir=work / "unused", env={}).regions[0].chunk_size
+        (work / "unused").exists() and shutil.rmtree(work / "unused", ignore_errors=True)
+        emit(f"| (chunk size: the default region's, {chunk // MiB} MiB) | | | |")
         store_root = work / "store"
         variants: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
             ("ingest_disk as shipped (fsync, O_DIRECT, 4 workers)", {}, {}),
             ("ingest_disk durable=False (no fsync)", {"durable": False}, {}),
             ("ingest_disk direct_io=False (page cache)", {"direct_io": False}, {}),
-            ("ingest_disk durable=False, direct_io=False", {"durable": False, "direct_io": False}, {}),
             ("ingest_disk 1 worker", {}, {"workers": 1}),
             ("ingest_disk 2 workers", {}, {"workers": 2}),
             ("ingest_disk 8 workers", {}, {"workers": 8}),
         ]
+        if chunk != 4 * MiB:
+            variants.append(("ingest_disk with 4 MiB chunks", {}, {"chunk_size": 4 * MiB}))
         ingest_results: dict[str, Any] = {}
         for label, store_kw, kw in variants:
+            kw = {"chunk_size": chunk, **kw}
             t, res = best(args.reps, lambda store_kw=store_kw, kw=kw: ingest_disk(
                 src, "qcow2", DirStore(store_root, **store_kw), **kw),
                 before=lambda: fresh_store(store_root))
             ingest_results[label] = res
-            row(label, t, data)
-        res = ingest_results[variants[0][0]]
-        t, _ = best(args.reps, lambda: ingest_disk(src, "qcow2", DirStore(store_root)))
+            row(f"{label} → {res.new_chunks} chunks, {res.new_bytes / MiB:,.0f} MiB", t, data)
+        fresh_store(store_root)
+        res = ingest_disk(src, "qcow2", DirStore(store_root), chunk_size=chunk)
+        t, _ = best(args.reps, lambda: ingest_disk(src, "qcow2", DirStore(store_root), chunk_size=chunk))
         row(f"ingest_disk again, all chunks present (reused {res.reused_chunks + res.new_chunks})", t, data)
         stored = res.new_bytes
         emit()
         emit(f"ingest wrote {res.new_chunks} chunks, {stored / MiB:,.0f} MiB for {data / MiB:,.0f} MiB of mapped "
              f"data ({res.data_bytes / MiB:,.0f} MiB in non-zero chunks), method {res.method}")
         emit()
+        stage_accounting(src, store_root, chunk)
 
         # ---- the parts of ingest, bare
-        emit("| Part of ingest, bare | Best of {} | Rate | × convert |".format(args.reps))
+        emit(f"| Part of ingest, bare | Best of {args.reps} | Rate | × convert |")
         emit("|---|---|---|---|")
-        import blake3
         import mmap
+
+        import blake3
 
         fd = os.open(src, os.O_RDONLY)
         file_runs = [(e.offset, e.length) for e in extents if e.source == "file"]
 
         def pread_all() -> int:
-            buf = memoryview(mmap.mmap(-1, 4 * MiB))
+            buf = memoryview(mmap.mmap(-1, chunk))
             n = 0
             for off, length in file_runs:
                 while length:
-                    k = os.preadv(fd, [buf[: min(length, 4 * MiB)]], off)
+                    k = os.preadv(fd, [buf[: min(length, chunk)]], off)
                     n += k
                     off += k
                     length -= k
             return n
 
         t, _ = best(args.reps, pread_all)
-        row("pread of every mapped run (1 thread, 4 MiB)", t, data)
-        blob = os.urandom(4 * MiB)
-        nchunks = max(1, stored // (4 * MiB))
+        row(f"pread of every mapped run (1 thread, {chunk // MiB} MiB reads)", t, data)
+        blob = os.urandom(chunk)
+        nchunks = max(1, stored // chunk)
 
         def hash_n(n: int, max_threads: int = 1) -> None:
             for _ in range(n):
                 blake3.blake3(blob, max_threads=max_threads).digest()
 
         t, _ = best(args.reps, lambda: hash_n(nchunks))
-        row(f"BLAKE3 of {nchunks} × 4 MiB (1 thread)", t, nchunks * 4 * MiB)
+        row(f"BLAKE3 of {nchunks} × {chunk // MiB} MiB (1 thread)", t, nchunks * chunk)
         with ThreadPoolExecutor(2) as pool:
             t, _ = best(args.reps, lambda: list(pool.map(lambda _: hash_n(1), range(nchunks))))
-        row(f"BLAKE3 of {nchunks} × 4 MiB (2 threads)", t, nchunks * 4 * MiB)
+        row(f"BLAKE3 of {nchunks} × {chunk // MiB} MiB (2 threads)", t, nchunks * chunk)
 
         wdir = work / "writes"
-        abuf = mmap.mmap(-1, 4 * MiB)
+        abuf = mmap.mmap(-1, chunk)
         abuf.write(blob)
 
         def write_chunks(flags: int, do_fsync: bool, threads: int) -> None:
@@ -229,31 +248,19 @@ def main() -> int:
                                      ("buffered + fsync, 4 threads", 0, True, 4),
                                      ("buffered, no fsync, 4 threads", 0, False, 4)):
             t, _ = best(args.reps, lambda flags=flags, fs=fs, th=th: write_chunks(flags, fs, th), before=reset_w)
-            row(f"write {nchunks} × 4 MiB files, {label}", t, nchunks * 4 * MiB)
+            row(f"write {nchunks} × {chunk // MiB} MiB files, {label}", t, nchunks * chunk)
         shutil.rmtree(wdir, ignore_errors=True)
         os.close(fd)
         emit()
 
-        # ---- cProfile of the ingest main thread (workers run in threads cProfile doesn't see)
-        fresh_store(store_root)
-        prof = cProfile.Profile()
-        prof.enable()
-        ingest_disk(src, "qcow2", DirStore(store_root))
-        prof.disable()
-        emit("cProfile, ingest_disk main thread (top by own time):")
-        emit("```")
-        for line in top_functions(prof, 10):
-            emit(line)
-        emit("```")
-        emit()
-
         # ---- export
-        emit("| Export, in-process | Best of {} | Rate | × convert |".format(args.reps))
+        emit(f"| Export, in-process | Best of {args.reps} | Rate | × convert |")
         emit("|---|---|---|---|")
         manifest = res.manifest
         store = DirStore(store_root)
         exp = work / "export.raw"
-        t, _ = best(args.reps, lambda: materialize_raw(manifest, store, exp), before=lambda: exp.unlink(missing_ok=True))
+        t, _ = best(args.reps, lambda: materialize_raw(manifest, store, exp),
+                    before=lambda: exp.unlink(missing_ok=True))
         row("materialize_raw (read + verify + sparse write + fsync)", t, res.data_bytes)
         t, _ = best(args.reps, lambda: materialize_raw(manifest, store, exp, fsync=False),
                     before=lambda: exp.unlink(missing_ok=True))
@@ -282,6 +289,225 @@ def main() -> int:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def stage_accounting(src: Path, store_root: Path, chunk: int) -> None:
+    """One ingest into an empty store with its internals wrapped in timers: thread-seconds per stage (the
+    workers overlap, so stages can sum to more than the wall time)."""
+    import collections
+
+    import stratus.storage.dirstore as ds
+    import stratus.storage.ingest as ing
+
+    acc: dict[str, float] = collections.defaultdict(float)
+    calls: dict[str, int] = collections.defaultdict(int)
+    lock = threading.Lock()
+    patched: list[tuple[Any, str, Any]] = []
+
+    def wrap(owner: Any, name: str, label: str) -> None:
+        fn = getattr(owner, name, None)
+        if fn is None:
+            return
+
+        def timed_fn(*a: Any, **k: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                with lock:
+                    acc[label] += time.perf_counter() - t0
+                    calls[label] += 1
+
+        patched.append((owner, name, fn))
+        setattr(owner, name, timed_fn)
+
+    wrap(ing, "_read_exact", "read (preadv)")
+    wrap(ds.ChunkWriter, "put_data", "put_data total (hash + touch + write)")
+    wrap(ds.DirStore, "touch", "touch (utime, ENOENT for new chunks)")
+    wrap(ds.DirStore, "_ensure_dir", "mkdir chunks/ab/cd")
+    wrap(ds.DirStore, "_write_file", "open + write + fsync + close")
+    wrap(ds.DirStore, "_direct_view", "align buffer for O_DIRECT")
+    wrap(ds.DirStore, "_sync_dirs", "commit: fsync directories")
+    wrap(ds.os, "rename", "rename tmp → chunk")
+    wrap(ds.os, "fsync", "… of which fsync (files and dirs)")
+    fresh_store(store_root)
+    try:
+        t0 = time.perf_counter()
+        ingest_disk(src, "qcow2", DirStore(store_root), chunk_size=chunk)
+        wall = time.perf_counter() - t0
+    finally:
+        for owner, name, fn in reversed(patched):
+            setattr(owner, name, fn)
+    emit(f"Ingest stage accounting (one run, wall {wall * 1000:,.0f} ms; thread-seconds, workers overlap):")
+    emit()
+    emit("| Stage | Thread-time | Calls | Per call |")
+    emit("|---|---|---|---|")
+    for label, secs in acc.items():
+        emit(f"| {label} | {secs * 1000:,.0f} ms | {calls[label]:,} | {secs / max(1, calls[label]) * 1e6:,.0f} µs |")
+    total = acc.get("put_data total (hash + touch + write)", 0.0)
+    rest = sum(acc.get(k, 0.0) for k in ("touch (utime, ENOENT for new chunks)", "mkdir chunks/ab/cd",
+                                          "open + write + fsync + close", "align buffer for O_DIRECT",
+                                          "rename tmp → chunk"))
+    n = calls.get("put_data total (hash + touch + write)", 1)
+    emit(f"| = BLAKE3 + zero check + bookkeeping (put_data minus the above) | {(total - rest) * 1000:,.0f} ms | "
+         f"{n:,} | {(total - rest) / n * 1e6:,.0f} µs |")
+    emit()
+
+
+def profile_describe(work: Path, n: int) -> None:
+    """describe_images() in-process against a catalog of n images: time per filter, the SQL it runs and
+    SQLite's plan for it, and a cProfile."""
+    from sqlalchemy import event
+
+    from stratus.api.cvm import shapes
+    from stratus.catalog import migrate
+    from stratus.catalog.db import open_database
+    from stratus.catalog.models import Account
+    from stratus.config import load_settings
+    from stratus.service.context import Caller, Services
+    from stratus.service.images import describe_images
+
+    data_dir = work / "data"
+    url = f"sqlite:///{data_dir / 'catalog.db'}"
+    db = open_database(url)
+    migrate.upgrade(db)
+    with db.write() as s:
+        s.add(Account(id="100000000001", name="bench"))
+    db.dispose()
+    t0 = time.perf_counter()
+    bench.populate_catalog(url, "100000000001", n, 1)
+    emit(f"# describe_images() in-process, {n:,} images (inserted in {time.perf_counter() - t0:.1f} s)")
+    emit()
+    settings = load_settings(data_dir=data_dir, env={"STRATUS_DATABASE_URL": url})
+    svc = Services.open(settings)
+    caller = Caller("100000000001")
+    statements: list[str] = []
+
+    @event.listens_for(svc.db.read_engine, "before_cursor_execute")
+    def _log(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if statement.split()[0].upper() == "SELECT":
+            statements.append((statement, parameters))
+
+    cases = {
+        "PRIVATE_IMAGE": [{"Name": "image-type", "Values": ["PRIVATE_IMAGE"]}],
+        "image-name web": [{"Name": "image-name", "Values": ["web"]}],
+        "no filter": None,
+    }
+    emit("| Case | p50 | p90 | query only p50 | shaping p50 | statements |")
+    emit("|---|---|---|---|---|---|")
+    for label, filters in cases.items():
+        q_times, s_times = [], []
+        for _ in range(300):
+            t0 = time.perf_counter()
+            page = describe_images(svc, caller, "ap-guangzhou", filters=filters, limit=20)
+            t1 = time.perf_counter()
+            [shapes.image(img, caller) for img in page.images]
+            t2 = time.perf_counter()
+            q_times.append((t1 - t0) * 1000)
+            s_times.append((t2 - t1) * 1000)
+        statements.clear()
+        describe_images(svc, caller, "ap-guangzhou", filters=filters, limit=20)
+        tot = [a + b for a, b in zip(q_times, s_times, strict=True)]
+        emit(f"| {label} | {bench.pct(tot, .5):.2f} ms | {bench.pct(tot, .9):.2f} ms | "
+             f"{bench.pct(q_times, .5):.2f} ms | {bench.pct(s_times, .5):.2f} ms | {len(statements)} |")
+        # time each statement alone, with its plan
+        raw = svc.db.read_engine.raw_connection()
+        try:
+            cur = raw.cursor()
+            for stmt, params in statements:
+                t0 = time.perf_counter()
+                for _ in range(50):
+                    cur.execute(stmt, params).fetchall()
+                per = (time.perf_counter() - t0) / 50 * 1000
+                plan = " ; ".join(r[3] for r in cur.execute("EXPLAIN QUERY PLAN " + stmt, params).fetchall())
+                emit(f"|   {per:.2f} ms | `{' '.join(stmt.split())[:110]}…` | plan: {plan[:200]} | | | |")
+        finally:
+            raw.close()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(200):
+        page = describe_images(svc, caller, "ap-guangzhou", filters=cases["PRIVATE_IMAGE"], limit=20)
+        [shapes.image(img, caller) for img in page.images]
+    prof.disable()
+    emit()
+    emit("cProfile, 200 × describe_images(PRIVATE_IMAGE) + shaping (top by own time):")
+    emit("```")
+    for line in top_functions(prof, 14):
+        emit(line)
+    emit("```")
+    svc.db.dispose()
+
+
+def profile_describe_http(work: Path, n: int, calls: int) -> None:
+    """Where a DescribeImages call's time goes between the SDK and the server: the SDK call, the same request
+    as a bare signed POST (httpx, keep-alive), and the SDK's client-side work (sign, parse, build models)."""
+    import httpx
+    from tencentcloud.cvm.v20170312 import models
+
+    from stratus.api.cvm.signing import sign
+
+    data_dir = work / "data"
+    data_dir.mkdir()
+    config = work / "stratus.toml"
+    config.write_text("[quotas]\nimages_per_region = 100000\n")
+    (work / "cache").mkdir(exist_ok=True)
+    server = bench.Server(data_dir=data_dir, config=config, log_path=work / "server.log",
+                          db_url=f"sqlite:///{data_dir / 'catalog.db'}", cache_dir=work / "cache")
+    server.start()
+    try:
+        server.creds = server.create_account("prof")
+        bench.populate_catalog(server.db_url, server.creds["AccountId"], n, 1)
+        client = server.client()
+        emit(f"# DescribeImages over HTTP, {n:,} images, {calls} calls each after 100 warm-up")
+        emit()
+        emit("| Call | p50 | p90 | p99 | response bytes |")
+        emit("|---|---|---|---|---|")
+        http = httpx.Client(base_url=server.url)
+        cases = {
+            "DescribeRegions": {},
+            "DescribeImages PRIVATE_IMAGE": {"Limit": 20, "Filters": [{"Name": "image-type",
+                                                                       "Values": ["PRIVATE_IMAGE"]}]},
+            "DescribeImages image-name web": {"Limit": 20, "Filters": [{"Name": "image-name", "Values": ["web"]}]},
+            "DescribeImages Limit 0 PRIVATE_IMAGE (count only)": {
+                "Limit": 0, "Filters": [{"Name": "image-type", "Values": ["PRIVATE_IMAGE"]}]},
+        }
+        for label, params in cases.items():
+            action = label.split()[0]
+            req = getattr(models, action + "Request")()
+            req.from_json_string(json.dumps(params))
+            fn = getattr(client, action)
+            sdk = bench.latency(lambda fn=fn, req=req: fn(req), calls, 100)
+            body = json.dumps(params).encode()
+
+            def bare(action: str = action, body: bytes = body) -> bytes:
+                headers = sign(server.creds["SecretId"], server.creds["SecretKey"], method="POST",
+                               host=server.endpoint, path="/", query="", content_type="application/json", body=body)
+                headers.update({"X-TC-Action": action, "X-TC-Version": "2017-03-12", "X-TC-Region": "ap-guangzhou"})
+                r = http.post("/", content=body, headers=headers)
+                return r.content
+
+            raw = bare()
+            b = bench.latency(bare, calls, 100)
+            emit(f"| {label}, SDK CvmClient | {sdk['p50']:.2f} ms | {sdk['p90']:.2f} ms | {sdk['p99']:.2f} ms | "
+                 f"{len(raw):,} |")
+            emit(f"| {label}, bare signed POST (httpx) | {b['p50']:.2f} ms | {b['p90']:.2f} ms | {b['p99']:.2f} ms | |")
+
+            def parse(raw: bytes = raw, action: str = action) -> None:
+                m = getattr(models, action + "Response")()
+                m._deserialize(json.loads(raw)["Response"])
+
+            pz = bench.latency(parse, calls, 20)
+            emit(f"| {label}, SDK client-side parse (json + models) | {pz['p50']:.2f} ms | {pz['p90']:.2f} ms | | |")
+        from tencentcloud.common import credential  # noqa: F401
+
+        def sign_only() -> None:
+            sign(server.creds["SecretId"], server.creds["SecretKey"], method="POST", host=server.endpoint, path="/",
+                 query="", content_type="application/json", body=b"{}")
+
+        sg = bench.latency(sign_only, calls, 20)
+        emit(f"| TC3 signing of one request (stratus.api.cvm.signing) | {sg['p50']:.3f} ms | | | |")
+    finally:
+        server.stop()
 
 
 def run_http(work: Path, src: Path, size: int, vsize: int, t_conv: float) -> None:
