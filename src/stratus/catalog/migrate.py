@@ -24,6 +24,17 @@ def upgrade(db: Database, revision: str = "head") -> None:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
         conn.commit()
+    analyze(db)
+
+
+def analyze(db: Database) -> None:
+    """Refresh the planner's statistics. Without them SQLite picks the first plausible index, which made
+    DescribeImages scan a whole region (bench/profile_paths.py --describe-only)."""
+    with db.write_engine.connect() as conn:
+        if db.is_sqlite:
+            conn.exec_driver_sql("PRAGMA analysis_limit=1000")  # bounded: a sample per index is enough
+        conn.exec_driver_sql("ANALYZE")
+        conn.commit()
 
 
 def revision(db: Database, message: str) -> None:

@@ -55,7 +55,7 @@ class Image(Base):
     __table_args__ = (
         UniqueConstraint("owner_id", "region", "name", name="uq_image_owner_region_name"),
         Index("ix_images_region_public_created", "region", "is_public", "created_at"),
-        Index("ix_images_region_owner_created", "region", "owner_id", "created_at"),
+        Index("ix_images_region_owner_public_created", "region", "owner_id", "is_public", "created_at"),
         Index("ix_images_family", "region", "family"),
     )
 

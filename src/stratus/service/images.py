@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, exists, false, func, or_, select, update
+from sqlalchemy import and_, exists, false, func, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -214,9 +214,9 @@ def describe_images(
     # The visible set is the disjoint union of three kinds, each an index range: public in the region,
     # the caller's own, shared with the caller. Counting and paging each kind on its own index is what
     # keeps DescribeImages at a few ms with 10,000 images (an OR across them scans the region).
-    parts = [and_(Image.region == region, _kind_clause(caller, kind), *where) for kind in kinds]
     window = offset + limit
     with svc.db.read() as s:
+        parts = [and_(_kind_clause(s, caller, kind, region), *where) for kind in kinds]
         total = sum(s.scalar(select(func.count()).select_from(Image).where(part)) or 0 for part in parts)
         heads: list[tuple[float, str]] = []
         for part in parts:
@@ -236,14 +236,24 @@ def describe_images(
     return ImagePage(total, [by_id[i] for i in page_ids if i in by_id])
 
 
-def _kind_clause(caller: Caller, kind: ImageType) -> Any:
-    """The images of one kind for the caller (the three kinds are disjoint)."""
+SHARED_ID_LIST_MAX = 2000
+
+
+def _kind_clause(s: Session, caller: Caller, kind: ImageType, region: str) -> Any:
+    """The images of one kind for the caller in the region (the three kinds are disjoint)."""
     if kind is ImageType.PUBLIC:
-        return Image.is_public
+        return and_(Image.region == region, Image.is_public)
     if kind is ImageType.PRIVATE:
-        return and_(Image.owner_id == caller.account_id, ~Image.is_public)
-    shared = select(ImageShare.image_id).where(ImageShare.account_id == caller.account_id)
-    return and_(Image.id.in_(shared), Image.owner_id != caller.account_id, ~Image.is_public)
+        return and_(Image.region == region, Image.owner_id == caller.account_id, ~Image.is_public)
+    shared: Any = select(ImageShare.image_id).where(ImageShare.account_id == caller.account_id)
+    # Driven from the grants: the ids shared with the caller (usually few) as a literal list, looked up by
+    # primary key. `region || ''` keeps SQLite, when it has no statistics, from preferring a region index
+    # and scanning the whole region instead (bench/profile_paths.py --describe-only).
+    ids = s.scalars(shared.limit(SHARED_ID_LIST_MAX + 1)).all()
+    if len(ids) <= SHARED_ID_LIST_MAX:
+        shared = list(ids)
+    return and_(Image.id.in_(shared), (Image.region + literal("")) == region,
+                Image.owner_id != caller.account_id, ~Image.is_public)
 
 
 INSTANCE_TYPE_RE = re.compile(r"^[A-Z][A-Z0-9]*\.[A-Z0-9]+$")
