@@ -58,6 +58,8 @@ class Limits:
     max_redirects: int = 5
     max_upload_bytes: int = 64 * GiB
     upload_ttl_seconds: int = 7 * 24 * 3600
+    upload_idle_seconds: float = 120.0
+    upload_request_seconds: float = 6 * 3600
     export_tasks_per_account: int = 8
     task_lease_seconds: float = 30.0
     gc_grace_seconds: float = 3600.0

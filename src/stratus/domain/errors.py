@@ -287,3 +287,4 @@ ImageNotBelongToAccount = _error(
     "UnauthorizedOperation.ImageNotBelongToAccount",
     "The image {image_id} belongs to another account; only its owner can {what}.",
 )
+RequestTimeout = _error("RequestTimeout", "{detail}")

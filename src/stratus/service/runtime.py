@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 from stratus.catalog import migrate
 from stratus.config import Settings
@@ -57,4 +58,20 @@ def start_workers(svc: Services) -> TaskRunner:
                         lease_seconds=svc.settings.limits.task_lease_seconds)
     svc.on_task_queued = runner.wake
     runner.start()
+    threading.Thread(target=_housekeeping, args=(svc, runner), name="stratus-housekeeping", daemon=True).start()
     return runner
+
+
+def _housekeeping(svc: Services, runner: TaskRunner, every: float = 600.0) -> None:
+    """Expire uploads nobody imported, and refresh the planner's statistics as the catalog grows."""
+    from stratus.catalog.migrate import analyze
+    from stratus.service.uploads import expire_uploads
+
+    while not runner.stopping.wait(every):
+        try:
+            expired = expire_uploads(svc)
+            if expired:
+                log.info("expired %d uploads", expired)
+            analyze(svc.db)
+        except Exception:
+            log.exception("housekeeping failed; trying again in %s s", every)

@@ -7,9 +7,12 @@ CVM error body with a real HTTP status, since no SDK parses these routes.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 from sqlalchemy import select
@@ -33,6 +36,7 @@ _STATUS = {
     "InvalidParameterValue": 409,
     "InvalidParameterValue.TooLarge": 413,
     "RequestSizeLimitExceeded": 413,
+    "RequestTimeout": 408,
 }
 
 
@@ -66,7 +70,27 @@ def data_extents(path: os.PathLike[str] | str) -> tuple[int, list[list[int]]]:
         os.close(fd)
 
 
+async def _bounded(stream: AsyncIterator[bytes], idle: float, total: float) -> AsyncIterator[bytes]:
+    """The request body, refused once the client sends nothing for `idle` seconds or the request runs
+    over `total`: a stalled or endless upload can't hold a connection forever. What arrived is kept."""
+    deadline = time.monotonic() + total
+    iterator = stream.__aiter__()
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise errors.RequestTimeout(detail=f"the upload request ran over {total:g} s; resume it")
+        try:
+            chunk = await asyncio.wait_for(iterator.__anext__(), timeout=min(idle, left))
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise errors.RequestTimeout(detail=f"no upload data for {min(idle, left):g} s; resume it") from None
+        yield chunk
+
+
 def routes(svc: Services) -> list[Route]:
+    limits = svc.settings.limits
+
     async def create(request: Request) -> Response:
         rid = str(uuid.uuid4())
         try:
@@ -108,7 +132,8 @@ def routes(svc: Services) -> list[Route]:
         fd = os.open(uploads.path_of(svc, upload_id), os.O_WRONLY | os.O_CREAT, 0o600)
         try:
             try:
-                async for chunk in request.stream():
+                async for chunk in _bounded(request.stream(), limits.upload_idle_seconds,
+                                            limits.upload_request_seconds):
                     if received + len(chunk) > status.size:
                         raise errors.InvalidParameterValue(
                             detail=f"Upload {upload_id} is {status.size} bytes; the body runs past its end."
