@@ -258,6 +258,7 @@ def test_capture_reset_and_image_lifetimes(server: Server, owner: Account, image
     # Deleting an image never breaks an instance made from it; its base goes when nothing needs it.
     server.run("image", "delete", new_id, env=owner.env())
     c.StopInstances(req(models.StopInstancesRequest, InstanceIds=[clone]))
+    assert wait_settled(server, owner, [clone])[0]["InstanceState"] == "STOPPED"
     c.StartInstances(req(models.StartInstancesRequest, InstanceIds=[clone]))
     assert wait_settled(server, owner, [clone])[0]["InstanceState"] == "RUNNING"
     bases_before = set((host(server) / "bases").glob("*.raw"))

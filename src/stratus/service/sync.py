@@ -348,7 +348,7 @@ class SyncHandler:
             result = copy_chunks(
                 order[start:], src, dst, progress=on_progress, should_stop=ctx.should_stop,
                 max_bytes_per_second=svc.settings.limits.sync_bytes_per_second,
-                report_every_bytes=max(1, total // 100),
+                report_every_bytes=max(1, total // 20),  # SyncPercent in 5 % steps (or every second)
             )
         except (TaskLost, CopyInterrupted):
             raise  # another worker has the task, or this one is shutting down: it resumes from the checkpoint
