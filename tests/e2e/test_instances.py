@@ -276,7 +276,7 @@ def test_failed_launch_leaves_no_disk(server: Server, owner: Account, tmp_path: 
     broken = server.run("image", "import", str(src), "--name", "broken-store", env=owner.env()).stdout.split()[-1]
     digest = describe(server, owner, broken)["DiskSet"][0]["ManifestDigest"]
     from stratus.config import load_settings
-    from stratus.service.bases import load_manifest
+    from stratus.service.manifests import load_manifest
     from stratus.service.runtime import prepare
 
     svc = prepare(load_settings(server.data_dir, server.config, env={**os.environ, **server.env}))

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from stratus.catalog.models import BaseDisk, Image, ImageDisk, Instance, InstanceDisk, Manifest
-from stratus.domain.manifest import DiskManifest
+from stratus.catalog.models import BaseDisk, Image, ImageDisk, Instance, InstanceDisk
 from stratus.service.context import Services
+from stratus.service.manifests import load_manifest
 from stratus.storage.export import materialize_raw
 
 BUILD_LEASE_SECONDS = 120.0
@@ -28,14 +28,6 @@ def bases_dir(svc: Services, region: str) -> Path:
 
 def base_path(svc: Services, region: str, digest: str) -> Path:
     return bases_dir(svc, region) / f"{digest}.raw"
-
-
-def load_manifest(svc: Services, region: str, digest: str) -> DiskManifest:
-    with svc.db.read() as s:
-        body = s.scalar(select(Manifest.body).where(Manifest.region == region, Manifest.digest == digest))
-    if body is None:
-        raise RuntimeError(f"manifest {digest} is missing from the catalog of {region}")
-    return DiskManifest.from_json(body)
 
 
 def ensure_base(svc: Services, region: str, digest: str, *, timeout: float = 3600.0) -> Path:

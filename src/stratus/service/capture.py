@@ -14,12 +14,11 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import selectinload
 
-from stratus.catalog.models import Image, ImageDisk, ImageTag, Instance, Manifest, Task
+from stratus.catalog.models import Image, ImageDisk, ImageTag, Instance, Task
 from stratus.compute import overlays
 from stratus.compute.driver import get_driver
 from stratus.domain import errors, ids
 from stratus.domain.states import ImageSource, ImageState
-from stratus.service.bases import load_manifest
 from stratus.service.context import Caller, Services
 from stratus.service.images import (
     DryRunPassed,
@@ -33,6 +32,7 @@ from stratus.service.images import (
 )
 from stratus.service.instance_tasks import vm_spec
 from stratus.service.instances import GiB, check_operable, get_owned, instance_dir
+from stratus.service.manifests import load_manifest, record_manifest
 from stratus.storage.capture import capture_disk
 from stratus.tasks.runner import TaskContext, enqueue
 
@@ -155,11 +155,8 @@ class CaptureHandler:
                 result = capture_disk(Path(disk.path), extents, disk.size_gib * GiB, base, store,
                                       svc.region(region).chunk_size)
                 manifest = result.manifest
-                digest = manifest.digest()
                 with svc.db.write() as s:
-                    if s.get(Manifest, (region, digest)) is None:
-                        s.add(Manifest(region=region, digest=digest, body=manifest.to_json(),
-                                       virtual_size=manifest.virtual_size))
+                    digest = record_manifest(s, region, manifest)
                     s.execute(update(ImageDisk).where(ImageDisk.image_id == ctx.image_id, ImageDisk.index == n)
                               .values(manifest_digest=digest, virtual_size=manifest.virtual_size,
                                       stored_bytes=manifest.data_bytes, source_format="qcow2"))

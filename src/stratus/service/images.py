@@ -136,7 +136,7 @@ def _filter_clause(caller: Caller, name: str, values: list[str]) -> Any:
         return or_(*clauses)
     if name in ("image-name", "platform"):
         col = Image.name if name == "image-name" else Image.platform
-        return or_(*(col.ilike("%" + _escape_like(v) + "%", escape="\\") for v in values))
+        return or_(*(col.ilike("%" + escape_like(v) + "%", escape="\\") for v in values))
     if name == "tag-key":
         return exists().where(ImageTag.image_id == Image.id, ImageTag.key.in_(values))
     if name == "tag-value":
@@ -159,7 +159,7 @@ def _filter_clause(caller: Caller, name: str, values: list[str]) -> Any:
     raise errors.InvalidFilter(detail=f"Unknown filter {name!r}; see docs/api.md for the filter names.")
 
 
-def _escape_like(value: str) -> str:
+def escape_like(value: str) -> str:
     return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 

@@ -15,11 +15,12 @@ from typing import Any
 
 from sqlalchemy import delete, select, update
 
-from stratus.catalog.models import Image, ImageDisk, Manifest, Upload
+from stratus.catalog.models import Image, ImageDisk, Upload
 from stratus.disk.inspect import inspect_file
 from stratus.domain.states import ImageState
 from stratus.service.context import Services
 from stratus.service.images import set_image_state
+from stratus.service.manifests import record_manifest
 from stratus.storage.fetch import fetch_url
 from stratus.storage.ingest import ingest_disk
 from stratus.tasks.runner import TaskCancelled, TaskContext
@@ -113,11 +114,8 @@ class ImportHandler:
                 reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
                 raise ImportFailed(f"{label}: {reason}") from exc
             manifest = result.manifest
-            digest = manifest.digest()
             with svc.db.write() as s:
-                if s.get(Manifest, (ctx.region, digest)) is None:
-                    s.add(Manifest(region=ctx.region, digest=digest, body=manifest.to_json(),
-                                   virtual_size=manifest.virtual_size))
+                digest = record_manifest(s, ctx.region, manifest)
                 s.execute(
                     update(ImageDisk)
                     .where(ImageDisk.image_id == ctx.image_id, ImageDisk.index == index)

@@ -25,7 +25,7 @@ from stratus.config import InstanceType
 from stratus.domain import errors, ids
 from stratus.domain.states import INSTANCE_BUSY, ImageState, InstanceState
 from stratus.service.context import Caller, Services
-from stratus.service.images import find_instance_type, get_visible
+from stratus.service.images import escape_like, find_instance_type, get_visible
 from stratus.tasks.runner import enqueue
 
 GiB = 1024**3
@@ -257,10 +257,6 @@ class InstancePage:
     instances: list[Instance]
 
 
-def _escape_like(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
 def _instance_filter(name: str, values: list[str]) -> Any:
     from datetime import datetime
 
@@ -269,7 +265,7 @@ def _instance_filter(name: str, values: list[str]) -> Any:
     if name == "instance-id":
         return Instance.id.in_(values)
     if name == "instance-name":
-        return or_(*(Instance.name.ilike("%" + _escape_like(v) + "%", escape="\\") for v in values))
+        return or_(*(Instance.name.ilike("%" + escape_like(v) + "%", escape="\\") for v in values))
     if name == "instance-state":
         return Instance.state.in_(values)
     if name == "image-id":

@@ -49,6 +49,7 @@ from stratus.service.images import (
     reserve_quota,
     validate_name,
 )
+from stratus.service.manifests import record_manifest
 from stratus.storage.copy import CopyInterrupted, CopyProgress, copy_chunks
 from stratus.tasks.runner import TaskCancelled, TaskContext, TaskLost, enqueue
 
@@ -250,23 +251,6 @@ class SyncFailed(Exception):
         self.message = message
 
 
-def _insert_manifest(s: Session, region: str, digest: str, body: bytes, virtual_size: int) -> None:
-    """Record a manifest in a region unless it is there (two copies may finish at once)."""
-    values = {"region": region, "digest": digest, "body": body, "virtual_size": virtual_size,
-              "created_at": time.time()}
-    dialect = s.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        s.execute(pg_insert(Manifest).values(**values).on_conflict_do_nothing())
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        s.execute(sqlite_insert(Manifest).values(**values).on_conflict_do_nothing())
-    elif s.get(Manifest, (region, digest)) is None:  # pragma: no cover - only the two databases above
-        s.add(Manifest(**values))
-
-
 class SyncHandler:
     """Runs `sync` tasks: resumable after `kill -9` (see the module docstring)."""
 
@@ -360,8 +344,8 @@ class SyncHandler:
         with svc.db.write() as s:
             if s.scalar(select(Image.state).where(Image.id == ctx.image_id)) != ImageState.SYNCING:
                 raise TaskCancelled(f"image {ctx.image_id} is no longer SYNCING")
-            for digest, (body, m) in manifests.items():
-                _insert_manifest(s, ctx.region, digest, body, m.virtual_size)
+            for _body, m in manifests.values():
+                record_manifest(s, ctx.region, m)
             for disk in p["disks"]:
                 s.execute(update(ImageDisk).where(ImageDisk.image_id == ctx.image_id, ImageDisk.index == disk["index"])
                           .values(manifest_digest=disk["manifest"]))
