@@ -925,8 +925,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "way to skip an upload the server already holds).",
             "Splits come from the catalog (tasks.created_at/started_at/finished_at, images.updated_at for the "
             "NORMAL transition); the CLI polls every 0.3 s, so up to 0.3 s of each CLI total is polling.",
-            "The exported raw file is downloaded through the server as a full stream: the CLI writes every zero "
-            "of the virtual size (not sparse).",
+            "The exported raw file is downloaded sparse: the CLI asks the server for the file's data runs "
+            "(SEEK_DATA) and fetches only those with Range requests; holes stay holes.",
         ]
     finally:
         if server is not None:
