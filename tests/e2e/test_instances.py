@@ -337,3 +337,34 @@ def test_instances_are_private(server: Server, owner: Account, stranger: Account
         "InvalidInstanceId.NotFound"
     server.client(owner).TerminateInstances(req(models.TerminateInstancesRequest, InstanceIds=[iid]))
 
+
+
+def test_the_instance_flow_through_tccli(server: Server, owner: Account, image_id: str, tmp_path: Path) -> None:
+    """Launch, stop, start, reboot, capture, reset and terminate with tccli alone (exit 255 on errors)."""
+
+    def tccli(action: str, **params: Any) -> dict[str, Any]:
+        args = [a for k, v in params.items() for a in (f"--{k}", v if isinstance(v, str) else json.dumps(v))]
+        res = server.tccli(owner, action, *args, home=tmp_path)
+        assert res.returncode == 0, f"{action}: {res.stderr}"
+        return json.loads(res.stdout)
+
+    [iid] = tccli("RunInstances", ImageId=image_id, Placement={"Zone": ZONE}, InstanceName="via-tccli")["InstanceIdSet"]
+    assert wait_settled(server, owner, [iid])[0]["InstanceState"] == "RUNNING"
+    tccli("StopInstances", InstanceIds=[iid], StopType="HARD")
+    assert wait_settled(server, owner, [iid])[0]["InstanceState"] == "STOPPED"
+    tccli("StartInstances", InstanceIds=[iid])
+    assert wait_settled(server, owner, [iid])[0]["InstanceState"] == "RUNNING"
+    tccli("RebootInstances", InstanceIds=[iid])
+    assert wait_settled(server, owner, [iid])[0]["InstanceState"] == "RUNNING"
+    captured = tccli("CreateImage", InstanceId=iid, ImageName="tccli-capture")["ImageId"]
+    assert wait_image(server, owner, captured)["ImageState"] == "NORMAL"
+    tccli("ResetInstance", InstanceId=iid, ImageId=captured)
+    [after] = wait_settled(server, owner, [iid])
+    assert after["ImageId"] == captured and after["LatestOperationState"] == "SUCCESS"
+    status = tccli("DescribeInstancesStatus", InstanceIds=[iid])
+    assert status["InstanceStatusSet"][0]["InstanceState"] == "RUNNING"
+    tccli("TerminateInstances", InstanceIds=[iid])
+    res = server.tccli(owner, "StartInstances", "--InstanceIds", json.dumps([iid]), home=tmp_path)
+    said = res.stderr + res.stdout
+    assert res.returncode == 255
+    assert "InvalidInstanceId.NotFound" in said or "UnsupportedOperation.InstanceStateTerminating" in said
