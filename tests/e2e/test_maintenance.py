@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 
 from stratus.config import load_settings
-from stratus.disk import hostile
+from stratus.disk import hostile, qemu_img
 from stratus.service.maintenance import plan_region_gc, referenced_manifests
 from stratus.service.runtime import prepare
 from stratus.tasks.runner import enqueue
 from tests.conftest import Server
-from tests.e2e.helpers import describe
+from tests.e2e.helpers import describe, wait_image
 
 MiB = 1024 * 1024
 
@@ -118,3 +119,83 @@ def test_gc_keeps_chunks_of_imports_in_flight(server: Server, tmp_path: Path) ->
             s.execute(delete(Task).where(Task.id == task_id))
         store.delete(old)
         store.delete(new)
+
+
+def test_instances_keep_what_they_stand_on_through_gc(server: Server, tmp_path: Path) -> None:
+    """Delete an image, gc with no grace period: its instance's base manifest and chunks stay, so the
+    instance can be captured, a new instance launched from the capture, and its base rebuilt on a host
+    that lost it (another host)."""
+    from tencentcloud.cvm.v20170312 import models
+
+    from stratus.service.bases import base_path, ensure_base
+    from tests.e2e.test_instances import qemu_io_write, req, run, wait_settled
+
+    acct = server.account("gc-instance")
+    src = hostile.make_test_disk(tmp_path, "qcow2", 12 * MiB, seed=111)
+    image_id = server.run("image", "import", str(src), "--name", "gc-standing", env=acct.env()).stdout.split()[-1]
+    base_digest = describe(server, acct, image_id)["DiskSet"][0]["ManifestDigest"]
+    [iid] = run(server, acct, image_id, 1, SystemDisk={"DiskSize": 1})
+    [inst] = wait_settled(server, acct, [iid])
+    overlay = server.data_dir / "regions" / "ap-guangzhou" / "host" / "instances" / iid / \
+        f"{inst['SystemDisk']['DiskId']}.qcow2"
+    qemu_io_write(overlay, 2 * MiB, 1 * MiB, 0x5A)  # the "guest" changes one chunk
+    server.run("image", "delete", image_id, env=acct.env())
+    admin(server, "gc", "--grace", "0")
+    assert json.loads(admin(server, "fsck", "--json").stdout)[0]["Missing"] == {}
+
+    # A capture reads the base's manifest and chunks.
+    c = server.client(acct)
+    captured = c.CreateImage(req(models.CreateImageRequest, InstanceId=iid, ImageName="gc-captured")).ImageId
+    image = wait_image(server, acct, captured)
+    assert image["ImageState"] == "NORMAL", image["ImageStateReason"]
+    expected = tmp_path / "expected.raw"
+    subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(overlay), str(expected)], check=True)
+    out = tmp_path / "captured.raw"
+    server.run("image", "export", captured, "-o", str(out), env=acct.env())
+    assert qemu_img.compare(expected, "raw", out, "raw")
+    # A new instance from the capture, and a reset to it: their base is built from chunks of the deleted image.
+    [clone] = run(server, acct, captured, 1)
+    assert wait_settled(server, acct, [clone])[0]["InstanceState"] == "RUNNING"
+    c.ResetInstance(req(models.ResetInstanceRequest, InstanceId=iid, ImageId=captured))
+    [after] = wait_settled(server, acct, [iid])
+    assert after["LatestOperationState"] == "SUCCESS", after
+    # Another host has no base file: it is rebuilt from the manifest and chunks the instance stood on.
+    svc = prepare(load_settings(server.data_dir, server.config, env={**os.environ, **server.env}))
+    path = base_path(svc, "ap-guangzhou", base_digest)
+    if path.exists():
+        path.rename(path.with_name(path.name + ".moved"))
+    assert ensure_base(svc, "ap-guangzhou", base_digest) == path
+    src_raw = tmp_path / "src.raw"
+    subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(src), str(src_raw)], check=True)
+    assert qemu_img.compare(src_raw, "raw", path, "raw")
+
+
+def test_orphan_manifest_cleanup_keeps_what_is_in_flight(server: Server) -> None:
+    """A manifest recorded by a task still in flight (not yet pointed at by any row) survives the cleanup;
+    the same manifest with nothing in flight goes."""
+    from stratus.catalog.models import Manifest, Task
+    from stratus.domain.manifest import DiskManifest
+    from stratus.service.maintenance import drop_orphan_manifests
+    from stratus.service.manifests import record_manifest
+
+    svc = prepare(load_settings(server.data_dir, server.config, env={**os.environ, **server.env}))
+    manifest = DiskManifest(MiB, MiB, [os.urandom(32).hex()])
+    now = time.time()
+    with svc.db.write() as s:
+        task = enqueue(s, "capture", {"instance_id": "ins-00000000"}, region="ap-guangzhou")
+        task.state, task.started_at = "RUNNING", now - 5
+        task.lease_owner, task.lease_expires_at = "elsewhere", now + 3600
+        task_id = task.id
+        digest = record_manifest(s, "ap-guangzhou", manifest)
+    try:
+        drop_orphan_manifests(svc, "ap-guangzhou")
+        with svc.db.read() as s:
+            assert s.get(Manifest, ("ap-guangzhou", digest)) is not None
+    finally:
+        from sqlalchemy import delete
+
+        with svc.db.write() as s:
+            s.execute(delete(Task).where(Task.id == task_id))
+    drop_orphan_manifests(svc, "ap-guangzhou")
+    with svc.db.read() as s:
+        assert s.get(Manifest, ("ap-guangzhou", digest)) is None

@@ -6,11 +6,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 
-from stratus.catalog.models import ExportObject, Manifest
-from stratus.domain.manifest import DiskManifest
+from stratus.catalog.models import ExportObject
 from stratus.service.context import Services
+from stratus.service.manifests import ManifestMissing, load_manifest
 from stratus.storage.export import export_disk
 from stratus.tasks.runner import TaskContext
 
@@ -35,12 +35,10 @@ class ExportHandler:
         fmt = ctx.payload["format"]
         total = sum(1 for _ in items)
         for n, item in enumerate(items):
-            with svc.db.read() as s:
-                body = s.scalar(select(Manifest.body).where(Manifest.region == ctx.region,
-                                                            Manifest.digest == item["manifest"]))
-            if body is None:
-                raise RuntimeError(f"manifest {item['manifest']} of {item['image_id']} is missing from the catalog")
-            manifest = DiskManifest.from_json(body)
+            try:
+                manifest = load_manifest(svc, ctx.region, item["manifest"])
+            except ManifestMissing as exc:
+                raise RuntimeError(f"{exc} (disk of {item['image_id']})") from None
             dest = bucket_dir / item["key"]
             part = dest.with_name(dest.name + ".part")
 

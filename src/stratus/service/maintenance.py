@@ -1,48 +1,109 @@
-"""Store maintenance that needs the catalog: which chunks are referenced, and by which images."""
+"""Store maintenance that needs the catalog: which manifests and chunks are live, and who needs them.
+
+A manifest is *live* in a region while anything may still read its chunks:
+
+* an image disk points at it (any image state: one in flight records its manifests disk by disk);
+* an instance disk stands on it (``base_manifest``): the instance outlives its image, and a capture of
+  it, a reset or a rebuild of its base on another host reads the base's manifest and chunks;
+* a base row names it (a base being built, or kept on the host);
+* it was recorded after the oldest task in flight in the region started (an import, capture or copy
+  that recorded it but has not pointed a row at it yet).
+
+gc marks the chunks of live manifests; ``drop_orphan_manifests`` keeps exactly the live ones. Both read
+one manifest at a time, so memory holds the set of referenced chunks (binary digests), never every
+manifest at once.
+"""
 
 from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, union
+from sqlalchemy.orm import Session
 
-from stratus.catalog.models import Image, ImageDisk, Manifest, Task
+from stratus.catalog.models import BaseDisk, Image, ImageDisk, Instance, InstanceDisk, Manifest, Task
 from stratus.domain.manifest import DiskManifest
 from stratus.service.context import Services
+from stratus.service.manifests import load_manifest
 from stratus.storage.fsck import FsckReport, fsck
 from stratus.storage.gc import GcPlan, plan_gc
 
 
-def referenced_manifests(svc: Services, region: str) -> dict[str, DiskManifest]:
-    """Every manifest in the region that an image disk points at."""
+def _live_digests_query(region: str):  # type: ignore[no-untyped-def]
+    """SELECT of every manifest digest something in the region stands on (see the module docstring)."""
+    return union(
+        select(ImageDisk.manifest_digest.label("digest")).join(Image)
+        .where(Image.region == region, ImageDisk.manifest_digest.is_not(None)),
+        select(InstanceDisk.base_manifest.label("digest")).join(Instance)
+        .where(Instance.region == region, InstanceDisk.base_manifest.is_not(None)),
+        select(BaseDisk.manifest_digest.label("digest")).where(BaseDisk.region == region),
+    )
+
+
+def _oldest_task_start(s: Session, region: str) -> float | None:
+    return s.scalar(
+        select(func.min(func.coalesce(Task.started_at, Task.created_at))).where(
+            Task.region == region, Task.state.in_(("QUEUED", "RUNNING"))
+        )
+    )
+
+
+def live_manifest_digests(svc: Services, region: str) -> list[str]:
+    """The digests of every live manifest recorded in the region, sorted."""
     with svc.db.read() as s:
-        rows = s.execute(
-            select(Manifest.digest, Manifest.body).where(
-                Manifest.region == region,
-                Manifest.digest.in_(select(ImageDisk.manifest_digest).join(Image).where(Image.region == region)),
-            )
-        ).all()
-    return {digest: DiskManifest.from_json(body) for digest, body in rows}
+        oldest = _oldest_task_start(s, region)
+        q = select(Manifest.digest).where(Manifest.region == region)
+        live = Manifest.digest.in_(select(_live_digests_query(region).subquery().c.digest))
+        q = q.where(live | (Manifest.created_at >= oldest) if oldest is not None else live)
+        return sorted(s.scalars(q).all())
+
+
+def iter_live_manifests(svc: Services, region: str) -> Iterator[tuple[str, DiskManifest]]:
+    """Every live manifest of the region, loaded one at a time."""
+    for digest in live_manifest_digests(svc, region):
+        try:
+            yield digest, load_manifest(svc, region, digest)
+        except LookupError:
+            continue  # dropped meanwhile: nothing stands on it any more
+
+
+def referenced_manifests(svc: Services, region: str) -> dict[str, DiskManifest]:
+    """Every live manifest of the region, all in memory: for tests and small catalogs only."""
+    return dict(iter_live_manifests(svc, region))
+
+
+def referenced_chunks(svc: Services, region: str) -> set[bytes]:
+    """The mark phase: the binary digests of every chunk a live manifest names."""
+    refs: set[bytes] = set()
+    for _digest, manifest in iter_live_manifests(svc, region):
+        refs.update(manifest.iter_data_digests_raw())
+    return refs
 
 
 def chunk_owners(svc: Services, region: str, digests: set[str]) -> dict[str, list[str]]:
-    """For each digest, the images (`img-… disk N`) whose manifests contain it."""
-    manifests = referenced_manifests(svc, region)
+    """For each digest, what needs it: images (`img-… disk N`) and instances (`ins-… disk-…`)."""
+    wanted = {bytes.fromhex(d): d for d in digests}
     with svc.db.read() as s:
-        disks = s.execute(
-            select(ImageDisk.image_id, ImageDisk.index, ImageDisk.manifest_digest).join(Image)
+        image_disks = s.execute(
+            select(ImageDisk.manifest_digest, ImageDisk.image_id, ImageDisk.index).join(Image)
             .where(Image.region == region, ImageDisk.manifest_digest.is_not(None))
         ).all()
+        instance_disks = s.execute(
+            select(InstanceDisk.base_manifest, InstanceDisk.instance_id, InstanceDisk.id).join(Instance)
+            .where(Instance.region == region, InstanceDisk.base_manifest.is_not(None))
+        ).all()
     by_manifest: dict[str, list[str]] = defaultdict(list)
-    for image_id, index, digest in disks:
-        by_manifest[digest].append(f"{image_id} disk {index}")
+    for mdigest, image_id, index in image_disks:
+        by_manifest[mdigest].append(f"{image_id} disk {index}")
+    for mdigest, instance_id, disk_id in instance_disks:
+        by_manifest[mdigest].append(f"{instance_id} {disk_id}")
     owners: dict[str, list[str]] = {d: [] for d in digests}
-    for mdigest, manifest in manifests.items():
-        hit = digests & manifest.data_digests()
-        for d in hit:
-            owners[d].extend(by_manifest[mdigest])
+    for mdigest, manifest in iter_live_manifests(svc, region):
+        for raw in set(manifest.iter_data_digests_raw()) & wanted.keys():
+            owners[wanted[raw]].extend(by_manifest.get(mdigest) or [f"manifest {mdigest[:12]} (in flight)"])
     return owners
 
 
@@ -54,8 +115,7 @@ class FsckSummary:
 
 
 def fsck_region(svc: Services, region: str, progress=None) -> FsckSummary:  # type: ignore[no-untyped-def]
-    manifests = referenced_manifests(svc, region)
-    expected: set[str] = set().union(*(m.data_digests() for m in manifests.values())) if manifests else set()
+    expected = (raw.hex() for raw in referenced_chunks(svc, region))
     report = fsck(svc.store(region), expected=expected, progress=progress)
     bad = set(report.damaged) | set(report.missing)
     return FsckSummary(region, report, chunk_owners(svc, region, bad) if bad else {})
@@ -63,36 +123,27 @@ def fsck_region(svc: Services, region: str, progress=None) -> FsckSummary:  # ty
 
 def gc_cutoff(svc: Services, region: str, grace_seconds: float, now: float | None = None) -> float:
     """Chunks written after this moment are kept: the grace period, extended back to the start of the
-    oldest import still in flight, since its chunks are not in any manifest yet."""
+    oldest task still in flight, since its chunks are not in any manifest yet."""
     now = time.time() if now is None else now
     with svc.db.read() as s:
-        oldest = s.scalar(
-            select(func.min(func.coalesce(Task.started_at, Task.created_at))).where(
-                Task.region == region, Task.state.in_(("QUEUED", "RUNNING"))
-            )
-        )
+        oldest = _oldest_task_start(s, region)
     cutoff = now - grace_seconds
     return min(cutoff, oldest) if oldest is not None else cutoff
 
 
 def plan_region_gc(svc: Services, region: str, grace_seconds: float) -> GcPlan:
-    manifests = referenced_manifests(svc, region)
-    referenced: set[str] = set().union(*(m.data_digests() for m in manifests.values())) if manifests else set()
     now = time.time()
     cutoff = gc_cutoff(svc, region, grace_seconds, now)
-    return plan_gc(svc.store(region), referenced, grace_seconds=now - cutoff, now=now)
+    return plan_gc(svc.store(region), referenced_chunks(svc, region), grace_seconds=now - cutoff, now=now)
 
 
 def drop_orphan_manifests(svc: Services, region: str) -> int:
-    """Manifests no image disk points at any more (their images were deleted)."""
+    """Delete the manifests nothing stands on any more (their images were deleted and no instance, base
+    or task in flight needs them)."""
     with svc.db.write() as s:
-        res = s.execute(
-            delete(Manifest).where(
-                Manifest.region == region,
-                Manifest.digest.not_in(
-                    select(ImageDisk.manifest_digest).join(Image)
-                    .where(Image.region == region, ImageDisk.manifest_digest.is_not(None))
-                ),
-            )
-        )
+        oldest = _oldest_task_start(s, region)
+        orphan = Manifest.digest.not_in(select(_live_digests_query(region).subquery().c.digest))
+        if oldest is not None:
+            orphan = orphan & (Manifest.created_at < oldest)
+        res = s.execute(delete(Manifest).where(Manifest.region == region, orphan))
         return res.rowcount or 0

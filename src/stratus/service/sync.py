@@ -35,7 +35,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from stratus.catalog.models import Image, ImageDisk, ImageTag, Manifest
+from stratus.catalog.models import Image, ImageDisk, ImageTag
 from stratus.domain import errors, ids
 from stratus.domain.manifest import DiskManifest
 from stratus.domain.states import BUSY_STATES, ImageSource, ImageState, ImageType
@@ -49,7 +49,7 @@ from stratus.service.images import (
     reserve_quota,
     validate_name,
 )
-from stratus.service.manifests import record_manifest
+from stratus.service.manifests import ManifestMissing, read_manifests, record_manifest
 from stratus.storage.copy import CopyInterrupted, CopyProgress, copy_chunks
 from stratus.tasks.runner import TaskCancelled, TaskContext, TaskLost, enqueue
 
@@ -261,18 +261,14 @@ class SyncHandler:
         with self.svc.db.read() as s:
             return s.scalar(select(Image.state).where(Image.id == image_id))
 
-    def _manifests(self, ctx: TaskContext) -> dict[str, tuple[bytes, DiskManifest]]:
+    def _manifests(self, ctx: TaskContext) -> dict[str, DiskManifest]:
         p = ctx.payload
         digests = {d["manifest"] for d in p["disks"]}
-        with self.svc.db.read() as s:
-            rows = s.execute(
-                select(Manifest.digest, Manifest.body).where(
-                    Manifest.region == p["source_region"], Manifest.digest.in_(digests)
-                )
-            ).all()
-        found = {digest: (bytes(body), DiskManifest.from_json(bytes(body))) for digest, body in rows}
-        if set(found) != digests:
-            raise SyncFailed(
+        try:
+            with self.svc.db.read() as s:
+                found = read_manifests(s, p["source_region"], digests)
+        except ManifestMissing:
+            raise SyncFailed(  # noqa: B904 - the reason says it all
                 f"the source image {p['source_image_id']} was deleted before its copy finished and its disk "
                 "manifests are gone; sync again from an image that still exists"
             )
@@ -288,7 +284,7 @@ class SyncHandler:
         # The distinct chunks of every disk, in disk order, with their lengths (a short last chunk).
         sizes: dict[str, int] = {}
         for disk in p["disks"]:
-            m = manifests[disk["manifest"]][1]
+            m = manifests[disk["manifest"]]
             for index, digest in enumerate(m.chunks):
                 if digest is not None and digest not in sizes:
                     sizes[digest] = m.chunk_range(index)[1]
@@ -344,7 +340,7 @@ class SyncHandler:
         with svc.db.write() as s:
             if s.scalar(select(Image.state).where(Image.id == ctx.image_id)) != ImageState.SYNCING:
                 raise TaskCancelled(f"image {ctx.image_id} is no longer SYNCING")
-            for _body, m in manifests.values():
+            for m in manifests.values():
                 record_manifest(s, ctx.region, m)
             for disk in p["disks"]:
                 s.execute(update(ImageDisk).where(ImageDisk.image_id == ctx.image_id, ImageDisk.index == disk["index"])

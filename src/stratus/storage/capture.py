@@ -10,14 +10,14 @@ digest. The cost is O(bytes changed), not O(disk size).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import blake3
 
 from stratus.disk.qemu_img import Extent
-from stratus.domain.manifest import DiskManifest, chunk_count
+from stratus.domain.manifest import DiskManifest, ManifestBuilder, chunk_count
 from stratus.storage.dirstore import DirStore
 
 
@@ -34,9 +34,32 @@ class CaptureResult:
     read_bytes: int  # bytes read from the overlay file
 
 
+def _dirty_chunks(extents: Iterable[Extent], virtual_size: int, chunk_size: int,
+                  overlay: Path) -> Iterator[tuple[int, list[Extent]]]:
+    """Each chunk an extent touches, in order, with the extents over it: one pass over the map (the map is
+    sorted and contiguous), holding only the extents of the current chunk."""
+    current: int | None = None
+    over: list[Extent] = []
+    for e in extents:
+        if not (e.data or e.zero) or e.length == 0 or e.start >= virtual_size:
+            continue
+        if e.data and not e.zero and e.offset is None:
+            raise CaptureError(f"the overlay {overlay.name} holds compressed data at {e.start}; "
+                               "capture reads overlays written by QEMU, which never compresses")
+        end = min(e.start + e.length, virtual_size)
+        for i in range(e.start // chunk_size, (end - 1) // chunk_size + 1):
+            if i != current:
+                if current is not None:
+                    yield current, over
+                current, over = i, []
+            over.append(e)
+    if current is not None:
+        yield current, over
+
+
 def capture_disk(
     overlay: Path,
-    extents: Sequence[Extent],
+    extents: Iterable[Extent],
     virtual_size: int,
     base: DiskManifest | None,
     store: DirStore,
@@ -44,61 +67,67 @@ def capture_disk(
     *,
     progress: Callable[[int, int], None] | None = None,
 ) -> CaptureResult:
-    """The manifest of `overlay` (a qcow2 whose depth-0 `extents` are given) on top of `base`."""
+    """The manifest of `overlay` (a qcow2 whose depth-0 `extents` are given, in order) on top of `base`.
+
+    Memory is bounded by the manifests' compact form and one chunk: the extents are walked once,
+    the new manifest is built in disk order."""
     if base is not None:
         chunk_size = base.chunk_size  # keep the base's chunking, so unchanged chunks keep their digests
     count = chunk_count(virtual_size, chunk_size)
-    chunks: list[str | None] = [None] * count
-    dirty: set[int] = set()
-    if base is not None:
-        for i, digest in enumerate(base.chunks[:count]):
-            chunks[i] = digest
-        if base.virtual_size % chunk_size and base.virtual_size < virtual_size:
-            dirty.add(base.virtual_size // chunk_size)  # the base's short tail chunk now covers a full one
-    for e in extents:
-        if not (e.data or e.zero) or e.length == 0:
-            continue
-        if e.data and not e.zero and e.offset is None:
-            raise CaptureError(f"the overlay {overlay.name} holds compressed data at {e.start}; "
-                               "capture reads overlays written by QEMU, which never compresses")
-        end = min(e.start + e.length, virtual_size)
-        dirty.update(range(e.start // chunk_size, (end - 1) // chunk_size + 1))
+    builder = ManifestBuilder(virtual_size, chunk_size)
+    base_chunks = base.iter_raw() if base is not None else iter(())
+    # The base's short tail chunk, when the disk grew, now covers a full chunk: rebuild it.
+    tail = (base.virtual_size // chunk_size if base is not None and base.virtual_size % chunk_size
+            and base.virtual_size < virtual_size else None)
     writer = store.writer()
-    read_bytes = 0
+    read_bytes = changed = 0
     fd = os.open(overlay, os.O_RDONLY)
+
+    def rebuild(i: int, old: bytes | None, over: Sequence[Extent]) -> None:
+        nonlocal read_bytes
+        start = i * chunk_size
+        length = min(chunk_size, virtual_size - start)
+        buf = bytearray(length)
+        if old is not None:
+            prior = store.get(old.hex())  # verified read
+            buf[: min(len(prior), length)] = prior[:length]
+        view = memoryview(buf)
+        for e in over:
+            lo, hi = max(e.start, start), min(e.start + e.length, start + length)
+            if lo >= hi:
+                continue
+            if e.zero:
+                view[lo - start: hi - start] = bytes(hi - lo)
+                continue
+            assert e.offset is not None
+            got = os.preadv(fd, [view[lo - start: hi - start]], e.offset + (lo - e.start))
+            if got != hi - lo:
+                raise CaptureError(f"the overlay {overlay.name} ends inside a data run its map reports")
+            read_bytes += got
+        if buf == bytes(length):  # all zeros (memcmp against a zero block): never stored
+            builder.append(None)
+        else:
+            digest = blake3.blake3(buf).digest()
+            writer.put(digest.hex(), buf)
+            builder.append(digest)
+
     try:
-        ordered = sorted(dirty)
-        for n, i in enumerate(ordered):
-            start = i * chunk_size
-            length = min(chunk_size, virtual_size - start)
-            buf = bytearray(length)
-            if base is not None and i < len(base.chunks) and base.chunks[i] is not None:
-                old = store.get(base.chunks[i])  # verified read
-                buf[: min(len(old), length)] = old[:length]
-            view = memoryview(buf)
-            for e in extents:
-                lo, hi = max(e.start, start), min(e.start + e.length, start + length)
-                if lo >= hi or not (e.data or e.zero):
-                    continue
-                if e.zero:
-                    view[lo - start: hi - start] = bytes(hi - lo)
-                    continue
-                assert e.offset is not None
-                piece = view[lo - start: hi - start]
-                got = os.preadv(fd, [piece], e.offset + (lo - e.start))
-                if got != hi - lo:
-                    raise CaptureError(f"the overlay {overlay.name} ends inside a data run its map reports")
-                read_bytes += got
-            if buf == bytes(length):  # all zeros (memcmp against a zero block): never stored
-                chunks[i] = None
+        dirty = _dirty_chunks(extents, virtual_size, chunk_size, overlay)
+        next_dirty = next(dirty, None)
+        for i in range(count):
+            old = next(base_chunks, None)
+            if next_dirty is not None and next_dirty[0] == i:
+                rebuild(i, old, next_dirty[1])
+                next_dirty = next(dirty, None)
+                changed += 1
+            elif i == tail:
+                rebuild(i, old, ())
+                changed += 1
             else:
-                digest = blake3.blake3(buf).hexdigest()
-                writer.put(digest, buf)
-                chunks[i] = digest
-            if progress is not None:
-                progress(n + 1, len(ordered))
+                builder.append(old)
+            if progress is not None and i % 4096 == 0:
+                progress(i, count)
         writer.commit()
     finally:
         os.close(fd)
-    return CaptureResult(DiskManifest(virtual_size, chunk_size, tuple(chunks)), len(dirty), writer.new_chunks,
-                         writer.new_bytes, read_bytes)
+    return CaptureResult(builder.build(), changed, writer.new_chunks, writer.new_bytes, read_bytes)

@@ -19,7 +19,7 @@ Interrupting ``execute`` at any point is safe: each deletion is independent, and
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass, field
 
 from stratus.domain.manifest import is_digest
@@ -50,7 +50,7 @@ class GcPlan:
     store: DirStore
     cutoff: float
     grace_seconds: float
-    referenced: frozenset[str] = field(repr=False)
+    referenced: Set[bytes] = field(repr=False)  # binary digests: ~100 bytes each in memory, not ~150
     to_delete: tuple[ChunkInfo, ...]
     kept_recent: tuple[ChunkInfo, ...]
     referenced_count: int  # referenced chunks present in the store
@@ -83,7 +83,7 @@ class GcPlan:
         deleted = deleted_bytes = touched = gone = removed = restored = 0
         total = len(self.to_delete)
         for n, chunk in enumerate(self.to_delete, 1):
-            if chunk.digest in self.referenced:  # unreachable by construction; the last lock on the door
+            if bytes.fromhex(chunk.digest) in self.referenced:  # unreachable by construction; the last lock on the door
                 continue
             # Re-check existence and mtime at the moment of deletion (see DirStore.delete).
             try:
@@ -128,10 +128,7 @@ def plan_gc(
     """
     if grace_seconds < 0:
         raise ValueError("grace_seconds must be >= 0")
-    refs = frozenset(referenced)
-    bad = [d for d in refs if not is_digest(d)]
-    if bad:
-        raise ValueError(f"referenced set holds {len(bad)} malformed digests (e.g. {bad[0]!r:.80}); gc stopped")
+    refs = _raw_digests(referenced)
     cutoff = (time.time() if now is None else now) - grace_seconds
     to_delete: list[ChunkInfo] = []
     recent: list[ChunkInfo] = []
@@ -144,14 +141,15 @@ def plan_gc(
             if item.kind == "trash" or item.mtime < cutoff:
                 temps.append(item)
             continue
-        seen.add(item.digest)
-        if item.digest in refs:
+        raw = bytes.fromhex(item.digest)
+        seen.add(raw)
+        if raw in refs:
             present += 1
         elif item.mtime >= cutoff:
             recent.append(item)
         else:
             to_delete.append(item)
-    missing = tuple(sorted(refs - seen))
+    missing = tuple(sorted(raw.hex() for raw in refs - seen))
     return GcPlan(
         store=store,
         cutoff=cutoff,
@@ -163,6 +161,22 @@ def plan_gc(
         missing_referenced=missing,
         stale_temp_files=tuple(temps),
     )
+
+
+def _raw_digests(referenced: Iterable[str | bytes]) -> Set[bytes]:
+    """The referenced digests as 32-byte strings. A malformed one is a bug in the mark phase, and gc
+    stops rather than guess what it meant to protect."""
+    if isinstance(referenced, (set, frozenset)) and all(isinstance(d, bytes) and len(d) == 32 for d in referenced):
+        return referenced  # the mark phase's own set: no copy of what may be millions of digests
+    refs: set[bytes] = set()
+    for d in referenced:
+        if isinstance(d, bytes) and len(d) == 32:
+            refs.add(d)
+        elif is_digest(d):
+            refs.add(bytes.fromhex(d))  # type: ignore[arg-type]
+        else:
+            raise ValueError(f"referenced set holds a malformed digest ({d!r:.80}); gc stopped")
+    return refs
 
 
 def _human(n: int) -> str:

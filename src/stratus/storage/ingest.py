@@ -32,7 +32,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from stratus.disk import qemu_img
-from stratus.domain.manifest import DEFAULT_CHUNK_SIZE, DiskManifest, check_chunk_size, chunk_count, is_digest
+from stratus.domain.manifest import (
+    DEFAULT_CHUNK_SIZE,
+    DiskManifest,
+    ManifestBuilder,
+    check_chunk_size,
+    chunk_count,
+    is_digest,
+)
 from stratus.storage.dirstore import DirStore
 
 Progress = Callable[[int, int], None]
@@ -273,7 +280,7 @@ def _ingest_raw_layout(
         digest, _new = writer.put_data(view)
         return digest
 
-    done: list[str | None] = []
+    done = ManifestBuilder(vsize, chunk_size)  # 1 bit per chunk + 32 bytes per data chunk
     last_report = 0.0
     last_poll = -_STOP_INTERVAL  # poll before the first chunk
 
@@ -301,7 +308,7 @@ def _ingest_raw_layout(
                     if stop_requested():
                         _drain(pending, done)
                         writer.commit()
-                        raise IngestCancelled(done)
+                        raise IngestCancelled(done.prefix())
                     if already is not None and index < len(already):
                         prior = already[index]
                         # Resumed chunks count as reused (by the manifest), like any chunk already present.
@@ -313,7 +320,7 @@ def _ingest_raw_layout(
                     else:
                         pending.append(pool.submit(work, index, pieces))
                     while len(pending) > window or (pending and not isinstance(pending[0], Future)):
-                        done.append(_result(pending.popleft()))
+                        _append(done, _result(pending.popleft()))
                         report()
                 _drain(pending, done)
             except BaseException:
@@ -325,7 +332,7 @@ def _ingest_raw_layout(
     finally:
         os.close(fd)
     report(force=True)
-    manifest = DiskManifest(virtual_size=vsize, chunk_size=chunk_size, chunks=tuple(done))
+    manifest = done.build()
     return IngestResult(
         manifest=manifest,
         new_chunks=writer.new_chunks,
@@ -340,9 +347,13 @@ def _result(item: Future[str | None] | str | None) -> str | None:
     return item.result() if isinstance(item, Future) else item
 
 
-def _drain(pending: deque[Future[str | None] | str | None], done: list[str | None]) -> None:
+def _append(done: ManifestBuilder, digest: str | None) -> None:
+    done.append(None if digest is None else bytes.fromhex(digest))
+
+
+def _drain(pending: deque[Future[str | None] | str | None], done: ManifestBuilder) -> None:
     while pending:
-        done.append(_result(pending.popleft()))
+        _append(done, _result(pending.popleft()))
 
 
 def _read_exact(fd: int, view: memoryview, offset: int) -> None:
