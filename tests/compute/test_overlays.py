@@ -126,7 +126,7 @@ def test_changed_extents_are_the_overlays_own_writes(base: Path, tmp_path: Path)
     create_overlay(base, "raw", overlay, 64 * MiB)
     assert changed_extents(overlay) == []
     qemu_io(overlay, "write -P 0xab 8M 128k", "write -z 1M 64k")  # data, and zeros over the base's pattern
-    extents = changed_extents(overlay)
+    extents = list(changed_extents(overlay))
     assert [(e.start, e.length, e.source) for e in extents] == [(MiB, 65536, "zero"), (8 * MiB, 131072, "file")]
     data = extents[1]
     with open(overlay, "rb") as f:

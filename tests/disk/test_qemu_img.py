@@ -197,7 +197,7 @@ def test_qcow2_zero_clusters_win_over_their_stale_offset(tmp_path: Path, disks: 
 
 def test_map_start_and_length_cover_exactly_the_window(disks: dict[str, Path], reference: bytes) -> None:
     start, length = 3 * 64 * 1024 + 512, 1000 * 1024
-    extents = qemu_img.map_extents(disks["qcow2"], "qcow2", start=start, length=length)
+    extents = list(qemu_img.map_extents(disks["qcow2"], "qcow2", start=start, length=length))
     assert extents[0].start == start
     assert sum(e.length for e in extents) == length
     rebuilt, _ = _rebuild(disks["qcow2"], extents, b"")

@@ -18,7 +18,6 @@ against ~10-20 ms for each qemu-img run; each takes 12 KiB on disk against qemu-
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +25,7 @@ from pathlib import Path
 
 from stratus.compute.driver import ComputeError
 from stratus.disk import qemu_img
-from stratus.disk.qemu_img import INSPECT_LIMITS, Extent, QemuImgError
+from stratus.disk.qemu_img import ExtentMap, QemuImgError
 
 _BLOCK = 4096
 _SYNC_THREADS = 16
@@ -129,9 +128,10 @@ def create_overlays(base: Path, base_format: str, paths: list[Path], size: int) 
             os.close(dfd)
 
 
-def changed_extents(overlay: Path) -> list[Extent]:
+def changed_extents(overlay: Path) -> ExtentMap:
     """What the instance wrote: the extents allocated in the overlay itself (data, with their file offset, or
-    zero), in order; the rest of the disk reads from the base.
+    zero), in order; the rest of the disk reads from the base. Spooled as qemu-img prints them, so an overlay
+    with millions of extents takes no memory (close the map when done).
 
     The overlay is opened with ``backing: null`` and force-share (``-U``): the base isn't opened, and a running
     QEMU's lock on the file doesn't stop the read. The map is only consistent while QEMU is paused (its
@@ -139,26 +139,7 @@ def changed_extents(overlay: Path) -> list[Extent]:
     that read through to the base; a present zero extent is a write of zeros (or a discard) that hides the
     base's bytes, so capture must record it too.
     """
-    spec = qemu_img.source_spec(overlay, "qcow2")
     try:
-        _, out = qemu_img._run(["map", "-U", "-f", "qcow2", "--output=json", spec], INSPECT_LIMITS)
-        rows = json.loads(out)
+        return qemu_img.map_extents(overlay, "qcow2", force_share=True, only_present=True)
     except QemuImgError as exc:
         raise ComputeError(f"can't map the instance disk {overlay.name}: {exc}") from exc
-    except ValueError as exc:
-        raise ComputeError(f"qemu-img map of {overlay.name} printed no JSON ({exc})") from exc
-    extents: list[Extent] = []
-    expect = 0
-    for row in rows:
-        try:
-            start, length = int(row["start"]), int(row["length"])
-            present, zero, data = bool(row["present"]), bool(row["zero"]), bool(row["data"])
-            offset = int(row["offset"]) if "offset" in row else None
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ComputeError(f"unexpected qemu-img map entry {row!r} for {overlay.name} ({exc})") from None
-        if start != expect or length <= 0:
-            raise ComputeError(f"qemu-img map of {overlay.name} is not contiguous at {expect}")
-        expect = start + length
-        if present and (data or zero):
-            extents.append(Extent(start=start, length=length, data=data, zero=zero, offset=offset))
-    return extents

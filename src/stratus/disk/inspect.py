@@ -359,10 +359,10 @@ def _inspect(path: str, file_size: int, expected: str | None, max_size: int, all
     # (it looks only at where clusters start) while its last cluster is missing bytes.
     if qemu_format != "raw":
         try:
-            extents = qemu_img.map_extents(path, qemu_format)
+            with qemu_img.map_extents(path, qemu_format) as extents:  # spooled: bounded memory
+                end = extents.max_file_end
         except qemu_img.QemuImgError as exc:
             raise _refuse("corrupt", f"qemu-img map failed on it ({exc.stderr}); export it again") from exc
-        end = max((e.offset + e.length for e in extents if e.source == "file" and e.offset is not None), default=0)
         if end > file_size:
             raise _refuse(
                 "truncated",

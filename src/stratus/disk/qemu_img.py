@@ -43,11 +43,13 @@ import os
 import re
 import selectors
 import signal
+import struct
 import subprocess
+import tempfile
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any, Literal
 
 QEMU_IMG = "qemu-img"
 PRLIMIT = "prlimit"  # util-linux, in every Debian base system
@@ -139,6 +141,8 @@ class Extent:
     data: bool
     zero: bool
     offset: int | None
+    # Allocated by this image itself; false for a hole that reads through to a backing file (or as zeros).
+    present: bool = field(default=True, compare=False)
 
     @property
     def source(self) -> Literal["zero", "file", "convert"]:
@@ -266,6 +270,131 @@ def info(path: str | os.PathLike[str], fmt: str, *, limits: Limits | None = None
     return result
 
 
+class ExtentMap:
+    """The extents of one ``qemu-img map`` run, in order, spooled to an unlinked temporary file as qemu-img
+    prints them: 25 bytes each on disk and one block of them in memory at a time, however many the image
+    has (a crafted qcow2 can have millions). Iterate it as often as needed; close it (or use ``with``).
+
+    Facts every caller needs are gathered while spooling: ``count``, ``end`` (the virtual bytes covered),
+    ``max_file_end`` (the furthest file byte a data extent reads) and ``needs_convert`` (some data can
+    only be had from qemu)."""
+
+    _BLOCK = 4096  # records per read
+
+    def __init__(self, spool: IO[bytes], count: int, end: int, max_file_end: int, needs_convert: bool) -> None:
+        self._spool = spool
+        self.count, self.end, self.max_file_end, self.needs_convert = count, end, max_file_end, needs_convert
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[Extent]:
+        spool = self._spool
+        pos = 0
+        size = _RECORD.size
+        while True:
+            spool.seek(pos)
+            block = spool.read(size * self._BLOCK)
+            if not block:
+                return
+            pos += len(block)
+            for start, length, offset, flags in _RECORD.iter_unpack(block):
+                yield Extent(start, length, bool(flags & 1), bool(flags & 2), None if offset < 0 else offset,
+                             bool(flags & 4))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (list, tuple, ExtentMap)):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def close(self) -> None:
+        self._spool.close()
+
+    def __enter__(self) -> ExtentMap:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_RECORD = struct.Struct("<qqqB")  # start, length, offset (-1: none), flags (1 data, 2 zero, 4 present)
+_MAX_MAP_LINE = 4096  # one JSON entry; qemu-img prints ~110 bytes
+
+
+class _MapParser:
+    """Parses ``qemu-img map --output=json`` as it arrives: qemu-img prints one entry per line, so each
+    line is parsed and spooled alone and the output is never held whole."""
+
+    def __init__(self, spool: IO[bytes], start: int, only_present: bool) -> None:
+        self.spool, self.expect, self.only_present = spool, start, only_present
+        self.pending = bytearray()
+        self.count = self.max_file_end = 0
+        self.needs_convert = False
+        self.opened = self.closed = False
+
+    def feed(self, data: bytes) -> None:
+        self.pending += data
+        lines = self.pending.split(b"\n")
+        self.pending = bytearray(lines.pop())
+        if len(self.pending) > _MAX_MAP_LINE:
+            raise QemuImgError("map", 0, f"an output line is longer than {_MAX_MAP_LINE} bytes")
+        for line in lines:
+            self._line(bytes(line))
+
+    def finish(self) -> None:
+        if self.pending.strip():
+            self._line(bytes(self.pending))
+        if not self.closed:
+            raise QemuImgError("map", 0, "JSON output is not a complete list")
+
+    def _line(self, line: bytes) -> None:
+        line = line.strip()
+        if not line:
+            return
+        if self.closed:
+            raise QemuImgError("map", 0, "output continues after the end of the list")
+        if not self.opened:
+            if not line.startswith(b"["):
+                raise QemuImgError("map", 0, "JSON output is not a list")
+            line, self.opened = line[1:].lstrip(), True
+        if line.endswith(b"]"):
+            line, self.closed = line[:-1].rstrip(), True
+        elif line.endswith(b","):
+            line = line[:-1]
+        if not line:
+            return
+        try:
+            row = json.loads(line)
+            ext = Extent(
+                start=int(row["start"]),
+                length=int(row["length"]),
+                data=bool(row["data"]),
+                zero=bool(row["zero"]),
+                offset=int(row["offset"]) if "offset" in row else None,
+                present=bool(row.get("present", True)),
+            )
+            depth = int(row.get("depth", 0))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise QemuImgError("map", 0, f"unexpected map entry {line[:200]!r} ({exc})") from None
+        # The storage layer reads the file at these offsets, so every invariant it relies on is checked.
+        if depth != 0:
+            raise QemuImgError("map", 0, f"extent at {ext.start} comes from a backing file (depth {depth})")
+        if ext.start != self.expect or ext.length <= 0 or (ext.offset is not None and ext.offset < 0):
+            raise QemuImgError("map", 0, f"map is not contiguous at {self.expect}: {line[:200]!r}")
+        self.expect = ext.start + ext.length
+        if self.only_present and not (ext.present and (ext.data or ext.zero)):
+            return
+        if ext.source == "file":
+            self.max_file_end = max(self.max_file_end, ext.offset + ext.length)  # type: ignore[operator]
+        elif ext.source == "convert" and ext.data:
+            self.needs_convert = True
+        flags = ext.data | ext.zero << 1 | ext.present << 2
+        self.spool.write(_RECORD.pack(ext.start, ext.length, -1 if ext.offset is None else ext.offset, flags))
+        self.count += 1
+
+
 def map_extents(
     path: str | os.PathLike[str],
     fmt: str,
@@ -273,42 +402,35 @@ def map_extents(
     start: int | None = None,
     length: int | None = None,
     limits: Limits | None = None,
-) -> list[Extent]:
-    """``qemu-img map --output=json``, checked to be contiguous from ``start`` (default 0).
+    force_share: bool = False,
+    only_present: bool = False,
+    spool_dir: str | os.PathLike[str] | None = None,
+) -> ExtentMap:
+    """``qemu-img map --output=json``, parsed as it streams, checked to be contiguous from ``start``
+    (default 0), and spooled (:class:`ExtentMap`, in ``spool_dir`` or the system's temp directory).
 
     Depth is always 0 because the source is opened with ``backing: null``; anything else is refused.
+    ``force_share`` is ``-U`` (read an image a running QEMU holds); ``only_present`` keeps only the
+    extents the image itself allocates (data or zero), which for an overlay is what the guest wrote.
     """
     args = ["map", "-f", fmt, "--output=json"]
+    if force_share:
+        args.insert(1, "-U")
     if start is not None:
         args += ["--start-offset", str(int(start))]
     if length is not None:
         args += ["--max-length", str(int(length))]
-    _, out = _run([*args, source_spec(path, fmt)], limits or INSPECT_LIMITS)
-    rows = _json("map", out)
-    if not isinstance(rows, list):
-        raise QemuImgError("map", 0, "JSON output is not a list")
-    extents: list[Extent] = []
-    expect = start or 0
-    for row in rows:
-        try:
-            ext = Extent(
-                start=int(row["start"]),
-                length=int(row["length"]),
-                data=bool(row["data"]),
-                zero=bool(row["zero"]),
-                offset=int(row["offset"]) if "offset" in row else None,
-            )
-            depth = int(row.get("depth", 0))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise QemuImgError("map", 0, f"unexpected map entry {row!r} ({exc})") from None
-        # The storage layer reads the file at these offsets, so every invariant it relies on is checked.
-        if depth != 0:
-            raise QemuImgError("map", 0, f"extent at {ext.start} comes from a backing file (depth {depth})")
-        if ext.start != expect or ext.length <= 0 or (ext.offset is not None and ext.offset < 0):
-            raise QemuImgError("map", 0, f"map is not contiguous at {expect}: {row!r}")
-        expect = ext.start + ext.length
-        extents.append(ext)
-    return extents
+    spool = tempfile.TemporaryFile(prefix="qemu-img-map-", dir=spool_dir)  # noqa: SIM115 - owned by ExtentMap
+    try:
+        parser = _MapParser(spool, start or 0, only_present)
+        _run([*args, source_spec(path, fmt)], limits or INSPECT_LIMITS, on_stdout=parser.feed, keep_stdout=False)
+        parser.finish()
+        spool.flush()
+    except BaseException:
+        spool.close()
+        raise
+    end = parser.expect
+    return ExtentMap(spool, parser.count, end, parser.max_file_end, parser.needs_convert)
 
 
 def convert(

@@ -150,10 +150,10 @@ class CaptureHandler:
                 if disk is None:
                     raise CaptureFailed(f"the disk {disk_id} is no longer attached to {inst.id}")
                 ctx.report("capture", 100.0 * n / total, force=True)
-                extents = overlays.changed_extents(Path(disk.path))
                 base = load_manifest(svc, region, disk.base_manifest) if disk.base_manifest else None
-                result = capture_disk(Path(disk.path), extents, disk.size_gib * GiB, base, store,
-                                      svc.region(region).chunk_size)
+                with overlays.changed_extents(Path(disk.path)) as extents:
+                    result = capture_disk(Path(disk.path), extents, disk.size_gib * GiB, base, store,
+                                          svc.region(region).chunk_size)
                 manifest = result.manifest
                 with svc.db.write() as s:
                     digest = record_manifest(s, region, manifest)

@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,28 +118,16 @@ def ingest_disk(
     vsize = int(info["virtual-size"])
     if vsize <= 0:
         raise IngestError(f"{path.name}: the disk's virtual size is {vsize}; nothing to import")
-    extents = qemu_img.map_extents(path, qemu_format)
-    _check_coverage(extents, vsize)
-
-    def chunk_it(raw_path: Path, raw_extents: Sequence[qemu_img.Extent], method: Method, base: int) -> IngestResult:
-        return _ingest_raw_layout(
-            raw_path,
-            vsize,
-            raw_extents,
-            store=store,
-            chunk_size=chunk_size,
-            method=method,
-            progress=_scaled(progress, base, vsize + base),
-            should_stop=should_stop,
-            already=already,
-            workers=workers,
-        )
-
-    if _direct_readable(path, qemu_format, info, extents):
-        return chunk_it(path, extents, "direct", 0)
+    scratch = Path(tmp_dir) if tmp_dir is not None else store.scratch_dir
+    # The map is spooled to disk as it is parsed: a crafted image's millions of extents never sit in memory.
+    with qemu_img.map_extents(path, qemu_format, spool_dir=scratch) as extents:
+        _check_coverage(extents, vsize)
+        direct = _direct_readable(path, qemu_format, info, extents)
+        if direct:
+            return _chunk_it(path, extents, "direct", 0, vsize, store, chunk_size, progress, should_stop,
+                             already, workers)
 
     # Some guest data only qemu can decode: convert to a sparse raw file next to the store.
-    scratch = Path(tmp_dir) if tmp_dir is not None else store.scratch_dir
     fd, tmp_name = tempfile.mkstemp(prefix="ingest-", suffix=".raw", dir=scratch)
     os.close(fd)
     tmp = Path(tmp_name)
@@ -152,12 +140,30 @@ def ingest_disk(
                 progress(int(vsize * percent / 100), 2 * vsize)
 
         qemu_img.convert(path, qemu_format, tmp, "raw", progress=on_convert)
-        raw_extents = qemu_img.map_extents(tmp, "raw")
-        _check_coverage(raw_extents, vsize)
-        return chunk_it(tmp, raw_extents, "converted", vsize)
+        with qemu_img.map_extents(tmp, "raw", spool_dir=scratch) as raw_extents:
+            _check_coverage(raw_extents, vsize)
+            return _chunk_it(tmp, raw_extents, "converted", vsize, vsize, store, chunk_size, progress,
+                             should_stop, already, workers)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def _chunk_it(raw_path: Path, raw_extents: Iterable[qemu_img.Extent], method: Method, base: int, vsize: int,
+              store: DirStore, chunk_size: int, progress: Progress | None, should_stop: Callable[[], bool] | None,
+              already: Sequence[str | None] | None, workers: int) -> IngestResult:
+    return _ingest_raw_layout(
+        raw_path,
+        vsize,
+        raw_extents,
+        store=store,
+        chunk_size=chunk_size,
+        method=method,
+        progress=_scaled(progress, base, vsize + base),
+        should_stop=should_stop,
+        already=already,
+        workers=workers,
+    )
 
 
 def _scaled(progress: Progress | None, base: int, total: int) -> Progress | None:
@@ -187,16 +193,15 @@ def _same_file(name: str, path: Path) -> bool:
         return False
 
 
-def _check_coverage(extents: Sequence[qemu_img.Extent], vsize: int) -> None:
-    end = extents[-1].start + extents[-1].length if extents else 0
-    if end != vsize:
-        raise IngestError(f"qemu-img map covers {end} bytes but the virtual size is {vsize}")
+def _check_coverage(extents: qemu_img.ExtentMap, vsize: int) -> None:
+    if extents.end != vsize:
+        raise IngestError(f"qemu-img map covers {extents.end} bytes but the virtual size is {vsize}")
 
 
-def _direct_readable(path: Path, fmt: str, info: dict[str, Any], extents: Sequence[qemu_img.Extent]) -> bool:
+def _direct_readable(path: Path, fmt: str, info: dict[str, Any], extents: qemu_img.ExtentMap) -> bool:
     """True iff every data run can be read from ``path`` itself at the offset the map gives (see the
     table in disk/qemu_img.py): the format keeps guest bytes verbatim in this one file."""
-    if any(ext.source == "convert" for ext in extents):
+    if extents.needs_convert:
         return False
     specific = (info.get("format-specific") or {}).get("data") or {}
     if fmt == "qcow2":
@@ -210,20 +215,20 @@ def _direct_readable(path: Path, fmt: str, info: dict[str, Any], extents: Sequen
         return False
     # A data run past EOF is something only qemu can interpret, so let it. (qemu rounds a raw file's size
     # up to 512 B, but maps the part past EOF as zero, so raw stays direct.)
-    file_size = path.stat().st_size
-    return all(ext.offset + ext.length <= file_size for ext in extents if ext.source == "file")  # type: ignore[operator]
+    return extents.max_file_end <= path.stat().st_size
 
 
-def _chunk_pieces(extents: Sequence[qemu_img.Extent], vsize: int, chunk_size: int) -> Iterator[list[_Piece]]:
-    """For each chunk in order, its pieces; an all-zero chunk yields an empty list (nothing to read)."""
-    i = 0
+def _chunk_pieces(extents: Iterable[qemu_img.Extent], vsize: int, chunk_size: int) -> Iterator[list[_Piece]]:
+    """For each chunk in order, its pieces; an all-zero chunk yields an empty list (nothing to read).
+    One pass over the extents, holding one chunk's pieces."""
+    it = iter(extents)
+    ext = next(it, None)
     for index in range(chunk_count(vsize, chunk_size)):
         c0 = index * chunk_size
         c1 = min(c0 + chunk_size, vsize)
         pieces: list[_Piece] = []
         has_data = False
-        while i < len(extents):
-            ext = extents[i]
+        while ext is not None:
             e0, e1 = ext.start, ext.start + ext.length
             if e0 >= c1:
                 break
@@ -237,14 +242,14 @@ def _chunk_pieces(extents: Sequence[qemu_img.Extent], vsize: int, chunk_size: in
                     pieces.append((lo - c0, hi - lo, None))
             if e1 > c1:
                 break  # this extent continues into the next chunk
-            i += 1
+            ext = next(it, None)
         yield pieces if has_data else []
 
 
 def _ingest_raw_layout(
     path: Path,
     vsize: int,
-    extents: Sequence[qemu_img.Extent],
+    extents: Iterable[qemu_img.Extent],
     *,
     store: DirStore,
     chunk_size: int,
