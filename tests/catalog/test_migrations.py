@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from stratus.catalog import migrate
 from stratus.catalog.db import open_database
 from stratus.catalog.models import Base
+from tests.conftest import new_db_url
 
 
 def test_migrations_match_the_models(db_url: str) -> None:
@@ -18,5 +22,48 @@ def test_migrations_match_the_models(db_url: str) -> None:
         with db.write_engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
         assert diff == [], diff
+    finally:
+        db.dispose()
+
+
+def test_0007_converts_json_manifests_to_binary_and_back(tmp_path: Path) -> None:
+    """An existing catalog upgrades: JSON manifest rows become binary ones with the same digest (so no
+    reference changes), and the downgrade restores the exact JSON."""
+    import os
+
+    import sqlalchemy as sa
+
+    from stratus.domain.manifest import DiskManifest
+    from stratus.service.manifests import parse_manifest
+
+    manifests = [
+        DiskManifest(3 * 1048576 + 512, 1048576, [os.urandom(32).hex(), None, None, os.urandom(32).hex()]),
+        DiskManifest(9 * 65536, 65536, [None] * 9),
+    ]
+    db = open_database(new_db_url(tmp_path))  # a catalog of its own, built up to before 0007
+    table = sa.table("manifests", sa.column("region"), sa.column("digest"), sa.column("body", sa.LargeBinary),
+                     sa.column("virtual_size"), sa.column("created_at"))
+    try:
+        migrate.upgrade(db, "0004")
+        with db.write_engine.begin() as conn:
+            conn.execute(sa.delete(table))
+            for m in manifests:
+                conn.execute(sa.insert(table).values(region="r1", digest=m.digest(), body=m.to_json(),
+                                                     virtual_size=m.virtual_size, created_at=0.0))
+        migrate.upgrade(db)
+        with db.write_engine.connect() as conn:
+            rows = dict(conn.execute(sa.select(table.c.digest, table.c.body)).all())
+        for m in manifests:
+            body = bytes(rows[m.digest()])
+            assert body.startswith(b"SMF2") and len(body) < len(m.to_json())
+            assert parse_manifest(m.digest(), body) == m
+        with db.write_engine.connect() as conn:
+            cfg = migrate._config()
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0004")
+            conn.commit()
+        with db.write_engine.connect() as conn:
+            rows = dict(conn.execute(sa.select(table.c.digest, table.c.body)).all())
+        assert {d: bytes(b) for d, b in rows.items()} == {m.digest(): m.to_json() for m in manifests}
     finally:
         db.dispose()
