@@ -18,9 +18,8 @@ when manifests were stored as JSON and no reference had to change.
             | 32-byte digest of each data chunk, in order
 
 so a TiB of virtual disk at 1 MiB chunks costs 128 KiB of bitmap plus 32 bytes per data chunk (32 MiB
-when every chunk holds data), against ~67 MiB of hex JSON. In memory a manifest is one flat table of
-32 bytes per chunk (all zeros for a zero chunk: no BLAKE3 output is 32 zero bytes in practice), 32 MiB
-per TiB, read through :attr:`DiskManifest.chunks` as hex strings one at a time.
+when every chunk holds data), against ~67 MiB of hex JSON. In memory a manifest is the same bytes plus a
+rank index (8 bytes per 4096 chunks); :attr:`DiskManifest.chunks` decodes hex digests one at a time.
 
 Pure: no I/O. Every bound is checked before use (a manifest may come from a file or an upload).
 """
@@ -53,7 +52,7 @@ MAX_VIRTUAL_SIZE = 32000 * (1 << 30)
 FORMAT_VERSION = 1
 HASH_NAME = "blake3"
 DIGEST_SIZE = 32
-ZERO_DIGEST = bytes(DIGEST_SIZE)  # a zero chunk in the in-memory table
+ZERO_DIGEST = bytes(DIGEST_SIZE)  # never a data chunk's digest (refused when decoding)
 _KEYS = frozenset({"chunk_size", "chunks", "hash", "version", "virtual_size"})
 _MAGIC = b"SMF2"
 _HEADER = struct.Struct(">4sQI")
