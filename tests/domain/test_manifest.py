@@ -159,3 +159,46 @@ def test_json_of_non_sorted_keys_only_differs_in_order() -> None:
     loose = json.dumps(dict(reversed(_doc().items())), separators=(",", ":"))
     assert json.loads(loose) == json.loads(make().to_json())
     assert loose.encode() != make().to_json()
+
+
+def test_binary_form_round_trips_and_keeps_the_json_digest() -> None:
+    m = make()
+    body = m.encode()
+    assert body.startswith(b"SMF2") and len(body) == 16 + 1 + 3 * 32  # header, 4 bits, three data digests
+    back = DiskManifest.decode(body)
+    assert back == m and back.chunks == m.chunks
+    assert back.digest() == blake3.blake3(m.to_json()).hexdigest()  # the digest did not change definition
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda b: b"SMF1" + b[4:], "SMF2"),
+        (lambda b: b[:16], "cut short"),
+        (lambda b: b[:-1], "digests"),
+        (lambda b: b + b"\x01" * 32, "bitmap needs"),
+        (lambda b: b[:16] + bytes([b[16] | 0x10]) + b[17:], "past the end"),
+        (lambda b: b[:17] + bytes(32) + b[49:], "all zeros"),
+    ],
+)
+def test_binary_form_is_strict(mutate, message: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match=message):
+        DiskManifest.decode(mutate(make().encode()))
+
+
+def test_random_access_and_iteration_agree_on_a_large_sparse_manifest() -> None:
+    import random
+
+    from stratus.domain.manifest import ManifestBuilder
+
+    rng = random.Random(7)
+    n = 3 * 4096 + 77  # several rank blocks and a ragged end
+    expected = [rng.randbytes(32) if rng.random() < 0.1 else None for _ in range(n)]
+    builder = ManifestBuilder(n * 65536 - 100, 65536)
+    for raw in expected:
+        builder.append(raw)
+    m = builder.build()
+    assert list(m.iter_raw()) == expected
+    assert list(m.iter_raw(5000)) == expected[5000:]
+    assert all(m.raw_digest(i) == expected[i] for i in range(0, n, 13))
+    assert m.memory_bytes < n // 8 + 32 * sum(1 for r in expected if r) + 64
