@@ -199,3 +199,26 @@ def test_orphan_manifest_cleanup_keeps_what_is_in_flight(server: Server) -> None
     drop_orphan_manifests(svc, "ap-guangzhou")
     with svc.db.read() as s:
         assert s.get(Manifest, ("ap-guangzhou", digest)) is None
+
+
+def test_gc_in_shards_keeps_and_sweeps_what_one_pass_does(server: Server, tmp_path: Path) -> None:
+    """With a mark budget far below the references, gc runs shard by shard and ends where one pass would."""
+    from stratus.service.maintenance import gc_region, gc_shards
+
+    acct = server.account("gc-shards")
+    keep = hostile.make_test_disk(tmp_path, "raw", 6 * MiB, seed=121)
+    drop = hostile.make_test_disk(tmp_path, "raw", 6 * MiB, seed=122)
+    keep_id = server.run("image", "import", str(keep), "--name", "sh-keep", env=acct.env()).stdout.split()[-1]
+    drop_id = server.run("image", "import", str(drop), "--name", "sh-drop", env=acct.env()).stdout.split()[-1]
+    svc = prepare(load_settings(server.data_dir, server.config, env={**os.environ, **server.env}))
+    manifests = referenced_manifests(svc, "ap-guangzhou")
+    kept = manifests[describe(server, acct, keep_id)["DiskSet"][0]["ManifestDigest"]].data_digests()
+    dropped = manifests[describe(server, acct, drop_id)["DiskSet"][0]["ManifestDigest"]].data_digests() - kept
+    server.run("image", "delete", drop_id, env=acct.env())
+    assert len(gc_shards(svc, "ap-guangzhou", budget=2)) > 4
+    done = gc_region(svc, "ap-guangzhou", 0, budget=2)
+    assert any(line.startswith("shard 2/") for line in done.lines)
+    after = set(chunk_files(server))
+    assert kept <= after and not (dropped & after)
+    assert done.deleted >= len(dropped)
+    assert json.loads(admin(server, "fsck", "--json").stdout)[0]["Missing"] == {}

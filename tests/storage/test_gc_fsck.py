@@ -210,3 +210,25 @@ def test_fsck_counts_temp_files(store: DirStore, populated: dict[str, list[str]]
     (store.path_for(d).parent / f"tmp.{d}.12345678").write_bytes(b"x")
     report = fsck(store)
     assert report.ok and report.temp_files == 1
+
+
+def test_sharded_plans_partition_the_store(store: DirStore, populated: dict[str, list[str]]) -> None:
+    """gc can mark and sweep one shard of the digest space at a time: the shards' plans add up to the
+    whole store's, each needing only its own shard's references (bytes or hex)."""
+    live, dead = populated["live"], populated["dead"]
+    full = plan_gc(store, set(live), grace_seconds=GRACE)
+    shards = [(0, 64), (64, 128), (128, 256)]
+    parts = [
+        plan_gc(store, {bytes.fromhex(d) for d in live if lo <= int(d[:2], 16) < hi}, grace_seconds=GRACE,
+                shard=(lo, hi))
+        for lo, hi in shards
+    ]
+    assert sorted(c.digest for p in parts for c in p.to_delete) == sorted(c.digest for c in full.to_delete)
+    assert sum(p.referenced_count for p in parts) == full.referenced_count == len(live)
+    assert not any(p.missing_referenced for p in parts)
+    for p in parts:
+        p.execute()
+    assert chunk_set(store) == set(live) | set(populated["young"])
+    assert not set(dead) & chunk_set(store)
+    with pytest.raises(ValueError, match="shard"):
+        plan_gc(store, set(), grace_seconds=GRACE, shard=(10, 10))

@@ -60,27 +60,24 @@ def gc(
     json_out: bool = JsonOpt,
 ) -> None:
     """Mark and sweep: delete chunks no image references, older than the grace period."""
-    from stratus.service.maintenance import drop_orphan_manifests, plan_region_gc
+    from stratus.service.maintenance import gc_region
     from stratus.service.runtime import prepare
 
     svc = prepare(settings(data_dir, config))
     grace_s = svc.settings.limits.gc_grace_seconds if grace is None else grace
     results = []
     for name in _regions(svc, region):
+        done = gc_region(svc, name, grace_s, dry_run=dry_run)
+        entry = {"Region": name, "Plan": done.lines}
         if not dry_run:
-            drop_orphan_manifests(svc, name)
-        plan = plan_region_gc(svc, name, grace_s)
-        entry = {"Region": name, "Plan": plan.describe()}
-        if not dry_run:
-            result = plan.execute()
-            entry["Deleted"] = result.deleted
-            entry["ReclaimedBytes"] = result.deleted_bytes
+            entry["Deleted"] = done.deleted
+            entry["ReclaimedBytes"] = done.deleted_bytes
         results.append(entry)
         if not json_out:
             out.print(f"{name}:")
-            for line in plan.describe():
+            for line in done.lines:
                 out.print(f"  {line}")
             if not dry_run:
-                out.print(f"  deleted {result.deleted} chunks, {result.deleted_bytes} bytes")
+                out.print(f"  deleted {done.deleted} chunks, {done.deleted_bytes} bytes")
     if json_out:
         print_json(results)

@@ -75,12 +75,36 @@ def referenced_manifests(svc: Services, region: str) -> dict[str, DiskManifest]:
     return dict(iter_live_manifests(svc, region))
 
 
-def referenced_chunks(svc: Services, region: str) -> set[bytes]:
-    """The mark phase: the binary digests of every chunk a live manifest names."""
+# Digests the mark set may hold at once (~100 bytes each in a Python set: ~100 MiB). A region whose live
+# manifests name more is marked and swept in shards of the digest space, one at a time.
+MARK_BUDGET = 1_000_000
+
+
+def referenced_chunks(svc: Services, region: str, shard: tuple[int, int] = (0, 256)) -> set[bytes]:
+    """The mark phase: the binary digests of every chunk a live manifest names whose first byte is in
+    ``shard``. Manifests are read one at a time."""
+    lo, hi = shard
     refs: set[bytes] = set()
     for _digest, manifest in iter_live_manifests(svc, region):
-        refs.update(manifest.iter_data_digests_raw())
+        if (lo, hi) == (0, 256):
+            refs.update(manifest.iter_data_digests_raw())
+        else:
+            refs.update(raw for raw in manifest.iter_data_digests_raw() if lo <= raw[0] < hi)
     return refs
+
+
+def gc_shards(svc: Services, region: str, budget: int = MARK_BUDGET) -> list[tuple[int, int]]:
+    """How to split the digest space so that no shard's mark set holds more than ~``budget`` digests
+    (digests are uniform, so a shard gets its share of the references)."""
+    with svc.db.read() as s:
+        # Each data chunk is 32 bytes of a manifest body: an upper bound of the references, no parsing.
+        total = s.scalar(select(func.coalesce(func.sum(func.length(Manifest.body)), 0))
+                         .where(Manifest.region == region)) or 0
+    entries = total // 32
+    count = 1
+    while entries > budget * count and count < 256:
+        count *= 2
+    return [(k * 256 // count, (k + 1) * 256 // count) for k in range(count)]
 
 
 def chunk_owners(svc: Services, region: str, digests: set[str]) -> dict[str, list[str]]:
@@ -131,10 +155,43 @@ def gc_cutoff(svc: Services, region: str, grace_seconds: float, now: float | Non
     return min(cutoff, oldest) if oldest is not None else cutoff
 
 
-def plan_region_gc(svc: Services, region: str, grace_seconds: float) -> GcPlan:
-    now = time.time()
+def plan_region_gc(svc: Services, region: str, grace_seconds: float,
+                   shard: tuple[int, int] = (0, 256), now: float | None = None) -> GcPlan:
+    """The gc plan of one shard of the region's store (by default all of it)."""
+    now = time.time() if now is None else now
     cutoff = gc_cutoff(svc, region, grace_seconds, now)
-    return plan_gc(svc.store(region), referenced_chunks(svc, region), grace_seconds=now - cutoff, now=now)
+    return plan_gc(svc.store(region), referenced_chunks(svc, region, shard), grace_seconds=now - cutoff,
+                   now=now, shard=shard)
+
+
+@dataclass
+class RegionGc:
+    """What `stratus gc` did (or, dry, would do) in a region."""
+
+    lines: list[str]
+    deleted: int = 0
+    deleted_bytes: int = 0
+
+
+def gc_region(svc: Services, region: str, grace_seconds: float, *, dry_run: bool = False,
+              budget: int = MARK_BUDGET) -> RegionGc:
+    """Mark and sweep the region shard by shard (see :func:`gc_shards`), holding one shard's mark set at
+    a time. Not dry: orphan manifests are dropped first."""
+    if not dry_run:
+        drop_orphan_manifests(svc, region)
+    shards = gc_shards(svc, region, budget)
+    now = time.time()
+    done = RegionGc([])
+    for n, shard in enumerate(shards, 1):
+        plan = plan_region_gc(svc, region, grace_seconds, shard, now)
+        prefix = f"shard {n}/{len(shards)} (digests {shard[0]:02x}..{shard[1] - 1:02x}): " if len(shards) > 1 else ""
+        done.lines.extend(prefix + line for line in plan.describe())
+        if not dry_run:
+            result = plan.execute()
+            done.deleted += result.deleted
+            done.deleted_bytes += result.deleted_bytes
+        del plan
+    return done
 
 
 def drop_orphan_manifests(svc: Services, region: str) -> int:

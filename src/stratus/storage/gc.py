@@ -118,6 +118,7 @@ def plan_gc(
     *,
     grace_seconds: float,
     now: float | None = None,
+    shard: tuple[int, int] = (0, 256),
 ) -> GcPlan:
     """Plan a gc run: which chunks are unreferenced and older than ``grace_seconds``.
 
@@ -125,7 +126,14 @@ def plan_gc(
     recording its manifest in the catalog (the longest import), or a chunk of an import in flight could be
     swept. ``referenced`` entries must be digests: a malformed one is a bug in the mark phase, and gc
     stops rather than guess what it meant to protect.
+
+    ``shard`` = (lo, hi) limits the plan to the chunks whose digest's first byte is in [lo, hi), so a
+    caller can mark and sweep a large store one shard at a time (``referenced`` then only needs that
+    shard's digests). Leftover temp files are the first shard's.
     """
+    lo, hi = shard
+    if not 0 <= lo < hi <= 256:
+        raise ValueError(f"shard {shard} is not a range of first bytes within [0, 256)")
     if grace_seconds < 0:
         raise ValueError("grace_seconds must be >= 0")
     refs = _raw_digests(referenced)
@@ -138,10 +146,12 @@ def plan_gc(
     for item in store.scan():
         if isinstance(item, TempFile):
             # trash: any age (the delete that made it died); write/scratch: only when past the grace period
-            if item.kind == "trash" or item.mtime < cutoff:
+            if lo == 0 and (item.kind == "trash" or item.mtime < cutoff):
                 temps.append(item)
             continue
         raw = bytes.fromhex(item.digest)
+        if not lo <= raw[0] < hi:
+            continue
         seen.add(raw)
         if raw in refs:
             present += 1
@@ -149,7 +159,7 @@ def plan_gc(
             recent.append(item)
         else:
             to_delete.append(item)
-    missing = tuple(sorted(raw.hex() for raw in refs - seen))
+    missing = tuple(sorted(raw.hex() for raw in refs - seen if lo <= raw[0] < hi))
     return GcPlan(
         store=store,
         cutoff=cutoff,
