@@ -300,3 +300,56 @@ def test_address_space_limit_applies(disks: dict[str, Path]) -> None:
     with pytest.raises(QemuImgError):
         qemu_img.info(disks["qcow2"], "qcow2", limits=Limits(cpu_seconds=30, address_space=16 << 20, timeout=20))
     assert qemu_img.info(disks["qcow2"], "qcow2")["virtual-size"] == SIZE  # the default 1 GiB is enough
+
+
+def test_map_of_many_extents_streams_into_a_spool(tmp_path: Path) -> None:
+    """A crafted, valid qcow2 whose clusters alternate allocated / unallocated: the map's extents are
+    parsed as qemu-img prints them and spooled to disk; Python's heap stays small however many there are,
+    and what comes back is exactly qemu-img's JSON."""
+    import tracemalloc
+
+    from tests.e2e.test_memory import fragmented_qcow2
+
+    image = fragmented_qcow2(tmp_path / "frag.qcow2", 50_000)
+    expected = json.loads(subprocess.run(["qemu-img", "map", "--output=json", "-f", "qcow2", str(image)],
+                                         capture_output=True, check=True).stdout)
+    assert len(expected) == 100_000
+    tracemalloc.start()
+    try:
+        extents = qemu_img.map_extents(image, "qcow2", spool_dir=tmp_path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    with extents:
+        # ~10 MB of JSON and 100k entries; a list of dicts would take ~60 MB.
+        assert peak < 4 << 20, peak
+        assert len(extents) == 100_000 and extents.end == 100_000 * 512
+        assert not extents.needs_convert and extents.max_file_end <= image.stat().st_size
+        got = [(e.start, e.length, e.data, e.zero, e.offset, e.present) for e in extents]
+        assert got == [(r["start"], r["length"], r["data"], r["zero"], r.get("offset"), r["present"])
+                       for r in expected]
+        assert list(tmp_path.iterdir()) == [image]  # the spool is an unlinked file
+
+
+@pytest.mark.parametrize(
+    ("output", "message"),
+    [
+        (b'{"start": 0}', "not a list"),
+        (b'[{ "start": 0, "length": 512, "depth": 0, "present": true, "zero": true, "data": false},\n', "complete"),
+        (b"[" + b" " * 5000, "longer than"),
+        (b'[{ "start": 0, "length": 512, "depth": 1, "present": true, "zero": true, "data": false}]\n', "backing"),
+        (b'[{ "start": 512, "length": 512, "depth": 0, "present": true, "zero": true, "data": false}]\n', "contiguous"),
+        (b'[{ "start": 0, "length": 512, "depth": 0, "present": true, "zero": true, "data": false}]\n[',
+         "after the end"),
+        (b'[{ "start": 0, "length": "x", "depth": 0, "present": true, "zero": true, "data": false}]\n', "unexpected"),
+        (b"[{ nope }]\n", "unparseable"),
+    ],
+)
+def test_map_parser_refuses_malformed_output(output: bytes, message: str) -> None:
+    import io
+
+    parser = qemu_img._MapParser(io.BytesIO(), 0, False)
+    with pytest.raises(QemuImgError, match=message):
+        for i in range(0, len(output), 7):  # a report may straddle reads anywhere
+            parser.feed(output[i : i + 7])
+        parser.finish()
