@@ -202,3 +202,26 @@ def test_random_access_and_iteration_agree_on_a_large_sparse_manifest() -> None:
     assert list(m.iter_raw(5000)) == expected[5000:]
     assert all(m.raw_digest(i) == expected[i] for i in range(0, n, 13))
     assert m.memory_bytes < n // 8 + 32 * sum(1 for r in expected if r) + 64
+
+
+@pytest.mark.parametrize("count", [1, 7, 8, 9, 8 * 8192, 8 * 8192 + 3, 70_001])
+def test_streamed_canonical_json_matches_json_dumps(count: int) -> None:
+    """The digest streams the canonical JSON in pieces (fast paths for runs of 8 data or zero chunks); it
+    must be byte for byte what json.dumps makes of the same document."""
+    import random
+
+    from stratus.domain.manifest import ManifestBuilder
+
+    rng = random.Random(count)
+    builder = ManifestBuilder(count * 65536, 65536)
+    chunks = []
+    for i in range(count):
+        kind = (i // 8) % 3  # whole bytes of data, of zeros, and mixed ones
+        raw = rng.randbytes(32) if kind == 0 or (kind == 2 and rng.random() < 0.5) else None
+        builder.append(raw)
+        chunks.append(None if raw is None else raw.hex())
+    m = builder.build()
+    doc = {"chunk_size": 65536, "chunks": chunks, "hash": "blake3", "version": 1, "virtual_size": count * 65536}
+    expected = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    assert m.to_json() == expected
+    assert m.digest() == blake3.blake3(expected).hexdigest()

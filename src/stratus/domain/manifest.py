@@ -331,16 +331,40 @@ class DiskManifest:
         return b"".join(self._json_pieces())
 
     def _json_pieces(self) -> Iterator[bytes]:
+        """The canonical JSON in pieces. Eight chunks (one bitmap byte) at a time: a full byte's digests are
+        hexed in one call, an empty byte is eight nulls."""
         yield b'{"chunk_size":%d,"chunks":[' % self.chunk_size
+        bits, data, n = self._bits, self._data, self.chunk_count
+        full_bytes = n >> 3
+        nulls8 = b",".join([b"null"] * 8)
         items: list[bytes] = []
-        first = True
-        for raw in self.iter_raw():
-            items.append(b"null" if raw is None else b'"' + raw.hex().encode("ascii") + b'"')
-            if len(items) == _HASH_BATCH:
-                yield (b"" if first else b",") + b",".join(items)
-                items, first = [], False
+        pos = 0
+        pos_started = False  # a piece of the list was yielded: the next one starts with a comma
+        for byte_index in range(full_bytes):
+            byte = bits[byte_index]
+            if byte == 0:
+                items.append(nulls8)
+            elif byte == 0xFF:
+                items.append(b'"' + data[pos : pos + 256].hex(",", 32).replace(",", '","').encode("ascii") + b'"')
+                pos += 256
+            else:
+                for k in range(8):
+                    if byte >> k & 1:
+                        items.append(b'"' + data[pos : pos + DIGEST_SIZE].hex().encode("ascii") + b'"')
+                        pos += DIGEST_SIZE
+                    else:
+                        items.append(b"null")
+            if len(items) >= _HASH_BATCH:
+                yield (b"," if pos_started else b"") + b",".join(items)
+                items, pos_started = [], True
+        for i in range(full_bytes * 8, n):
+            if bits[i >> 3] >> (i & 7) & 1:
+                items.append(b'"' + data[pos : pos + DIGEST_SIZE].hex().encode("ascii") + b'"')
+                pos += DIGEST_SIZE
+            else:
+                items.append(b"null")
         if items:
-            yield (b"" if first else b",") + b",".join(items)
+            yield (b"," if pos_started else b"") + b",".join(items)
         yield b'],"hash":"%s","version":%d,"virtual_size":%d}' % (
             HASH_NAME.encode(), FORMAT_VERSION, self.virtual_size)
 
