@@ -304,7 +304,7 @@ def image_manifest(server: Server, api: Api, image_id: str, region: str = REGION
     """The system disk's manifest of an image (DescribeImages' DiskSet extension names it; the catalog holds it)."""
     import sqlite3
 
-    from stratus.domain.manifest import DiskManifest
+    from stratus.service.manifests import parse_manifest
 
     digest = api("DescribeImages", {"ImageIds": [image_id]})["ImageSet"][0]["DiskSet"][0]["ManifestDigest"]
     con = sqlite3.connect(f"file:{server.db_path}?mode=ro", uri=True)
@@ -312,7 +312,7 @@ def image_manifest(server: Server, api: Api, image_id: str, region: str = REGION
         body = con.execute("SELECT body FROM manifests WHERE region = ? AND digest = ?", [region, digest]).fetchone()[0]
     finally:
         con.close()
-    return DiskManifest.from_json(bytes(body))
+    return parse_manifest(digest, bytes(body))
 
 
 def read_verify_all(store: Any, digests: Sequence[str], workers: int = 4) -> float:
@@ -677,10 +677,10 @@ def capture_breakdown(server: Server, api: Api, image_id: str, overlay: Path, vs
     from stratus.storage.dirstore import DirStore
 
     base = image_manifest(server, api, image_id)
-    body = base.to_json()
+    body = base.encode()
     real = DirStore(server.data_dir / "regions" / REGION / "store")
     out: dict[str, float] = {}
-    out["parse base manifest"] = elapsed(lambda: DiskManifest.from_json(body))
+    out["parse base manifest"] = elapsed(lambda: DiskManifest.decode(body))
     extents = changed_extents(overlay)
     out["qemu-img map"] = min(elapsed(lambda: changed_extents(overlay)) for _ in range(reps))
     dirty: set[int] = set()
