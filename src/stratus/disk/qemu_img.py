@@ -402,6 +402,15 @@ class _MapParser:
         self.count += 1
 
 
+def _spool_file(directory: str | os.PathLike[str]) -> IO[bytes]:
+    """An unlinked file on the image's own filesystem (a disk, unlike a tmpfs /tmp that is memory), or the
+    system's temp directory when that one is not writable."""
+    try:
+        return tempfile.TemporaryFile(prefix=".qemu-img-map-", dir=directory)
+    except OSError:
+        return tempfile.TemporaryFile(prefix="qemu-img-map-")
+
+
 def map_extents(
     path: str | os.PathLike[str],
     fmt: str,
@@ -414,7 +423,7 @@ def map_extents(
     spool_dir: str | os.PathLike[str] | None = None,
 ) -> ExtentMap:
     """``qemu-img map --output=json``, parsed as it streams, checked to be contiguous from ``start``
-    (default 0), and spooled (:class:`ExtentMap`, in ``spool_dir`` or the system's temp directory).
+    (default 0), and spooled (:class:`ExtentMap`, in ``spool_dir``, by default the image's directory).
 
     Depth is always 0 because the source is opened with ``backing: null``; anything else is refused.
     ``force_share`` is ``-U`` (read an image a running QEMU holds); ``only_present`` keeps only the
@@ -427,7 +436,7 @@ def map_extents(
         args += ["--start-offset", str(int(start))]
     if length is not None:
         args += ["--max-length", str(int(length))]
-    spool = tempfile.TemporaryFile(prefix="qemu-img-map-", dir=spool_dir)  # noqa: SIM115 - owned by ExtentMap
+    spool = _spool_file(spool_dir if spool_dir is not None else os.path.dirname(_abs(path)))
     try:
         parser = _MapParser(spool, start or 0, only_present)
         _run([*args, source_spec(path, fmt)], limits or INSPECT_LIMITS, on_stdout=parser.feed, keep_stdout=False)
