@@ -33,6 +33,7 @@ class FileServer:
     cut_after: int = MiB
     cuts: int = 1
     slow: bool = False
+    delay: float = 0.02  # per 64 KiB when slow
     requests: list[str | None] = field(default_factory=list)  # the Range header of each request
     sent: int = 0
     url: str = ""
@@ -84,7 +85,7 @@ def serving(fs: FileServer) -> Iterator[FileServer]:
                     self.wfile.write(piece)
                     fs.sent += len(piece)
                     if fs.slow:
-                        time.sleep(0.02)
+                        time.sleep(fs.delay)
                 self.wfile.flush()
             except (BrokenPipeError, ConnectionResetError):
                 return

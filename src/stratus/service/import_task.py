@@ -12,6 +12,7 @@ attempt copies an earlier attempt's partial download into its own and resumes it
 
 from __future__ import annotations
 
+import errno
 import logging
 import shutil
 from pathlib import Path
@@ -128,6 +129,12 @@ class ImportHandler:
             except Exception as exc:
                 if ctx.should_stop():
                     raise
+                if out_of_space(exc):
+                    raise ImportFailed(
+                        f"{label}: the server ran out of disk space (no space left on device) while storing the "
+                        "image. Ask an operator to free space in the image store (`stratus gc` reclaims what this "
+                        "import left), then import again."
+                    ) from exc
                 reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
                 raise ImportFailed(f"{label}: {reason}") from exc
             manifest = result.manifest
@@ -176,6 +183,20 @@ class ImportHandler:
         # After the fenced commit: only the execution that consumed the uploads removes their files.
         for upload_id in self._upload_ids(ctx):
             upload_path(self.svc, upload_id).unlink(missing_ok=True)
+
+
+def out_of_space(exc: BaseException) -> bool:
+    """ENOSPC anywhere in the chain (our own writes), or in a tool's message (qemu-img's)."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(cur):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
 
 
 class ImportFailed(Exception):

@@ -194,7 +194,8 @@ class TaskRunner:
         self.stopping = threading.Event()
         self._wake = threading.Condition()
         self._threads: list[threading.Thread] = []
-        self._running: dict[int, TaskContext] = {}
+        # Keyed by (task, attempt): this process may hold a stale and a live execution of one task.
+        self._running: dict[tuple[int, int], TaskContext] = {}
         self._running_lock = threading.Lock()
         self.max_backoff = 10.0
 
@@ -286,7 +287,7 @@ class TaskRunner:
             task.region, task.image_id,
         )
         with self._running_lock:
-            self._running[task.id] = ctx
+            self._running[(task.id, ctx.attempt)] = ctx
         try:
             self._run(handler, ctx, task.attempts - (task.released or 0))
         except TaskLost:
@@ -294,7 +295,7 @@ class TaskRunner:
                         ctx.task_id, ctx.attempt)
         finally:
             with self._running_lock:
-                self._running.pop(task.id, None)
+                self._running.pop((task.id, ctx.attempt), None)
             if ctx._lost and self.scratch_root is not None:
                 # Only our own attempt's files: the live execution's are in its own directory.
                 shutil.rmtree(self.scratch_root / f"task-{ctx.task_id}-a{ctx.attempt}", ignore_errors=True)
