@@ -13,10 +13,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from stratus.storage.fetch import FetchFailed, fetch_url
+from stratus.storage.fetch import FetchFailed, FetchResult, fetch_url
 from tests.conftest import free_port
 
 HOST = "127.0.0.2"
@@ -108,8 +109,8 @@ def data(n: int = 4 * MiB, seed: int = 1) -> bytes:
     return hashlib.sha256(str(seed).encode()).digest() * (n // 32)
 
 
-def get(url: str, dest: Path, **kw: object) -> object:
-    return fetch_url(url, dest, allow=ALLOW, max_bytes=64 * MiB, timeout=30, connect_timeout=2, **kw)  # type: ignore[arg-type]
+def get(url: str, dest: Path, **kw: Any) -> FetchResult:
+    return fetch_url(url, dest, allow=ALLOW, max_bytes=64 * MiB, timeout=30, connect_timeout=2, **kw)
 
 
 def test_a_cut_download_goes_on_with_range(tmp_path: Path) -> None:
@@ -118,7 +119,7 @@ def test_a_cut_download_goes_on_with_range(tmp_path: Path) -> None:
         result = get(fs.url, dest, resume=True)
     assert dest.read_bytes() == fs.data
     assert fs.requests == [None, f"bytes={MiB}-"]
-    assert result.resumed_from == (MiB,)  # type: ignore[attr-defined]
+    assert result.resumed_from == (MiB,)
     assert fs.sent == len(fs.data)  # not one byte twice
     assert not (tmp_path / "d.meta").exists()
 
@@ -150,7 +151,7 @@ def test_a_partial_download_is_kept_and_resumed_by_the_next_attempt(tmp_path: Pa
         result = get(fs.url, dest, resume=True)
     assert dest.read_bytes() == fs.data
     assert fs.requests == [None, f"bytes={kept}-"]
-    assert result.resumed_from == (kept,)  # type: ignore[attr-defined]
+    assert result.resumed_from == (kept,)
 
 
 def test_a_partial_of_a_file_that_changed_is_restarted(tmp_path: Path) -> None:
@@ -165,7 +166,7 @@ def test_a_partial_of_a_file_that_changed_is_restarted(tmp_path: Path) -> None:
         result = get(fs.url, dest, resume=True)
     assert dest.read_bytes() == fs.data
     assert fs.requests[1] is not None  # it asked for the rest, and got the whole new file
-    assert result.resumed_from == ()  # type: ignore[attr-defined]
+    assert result.resumed_from == ()
 
 
 def test_a_partial_of_another_url_is_not_used(tmp_path: Path) -> None:
