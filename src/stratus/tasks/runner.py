@@ -210,10 +210,12 @@ class TaskRunner:
         self._threads.append(hb)
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Ask every execution to stop and wait (`timeout` in all) for their tasks to be handed back."""
         self.stopping.set()
         self.wake()
+        deadline = time.monotonic() + timeout
         for t in self._threads:
-            t.join(timeout)
+            t.join(max(0.0, deadline - time.monotonic()))
 
     def wake(self) -> None:
         with self._wake:
