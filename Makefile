@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha25
 DEB_PACKAGES := $(shell grep -v '^\#' scripts/debian-packages.txt)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test deps debs lint bench clean
+.PHONY: run test deps debs lint bench soak clean
 
 deps: debs $(STAMP)
 
@@ -34,6 +34,10 @@ test: deps lint
 
 bench: deps
 	$(BIN)/python bench/run.py
+
+# The fault-injection tests at length: 30 rounds of five kill -9 (150 kills) instead of `make test`'s 4.
+soak: deps
+	STRATUS_SOAK_ROUNDS=$${STRATUS_SOAK_ROUNDS:-30} $(BIN)/pytest -q -p no:cacheprovider tests/e2e/test_faults.py
 
 clean:
 	rm -rf $(VENV) var

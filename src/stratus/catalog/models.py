@@ -158,7 +158,10 @@ class Task(Base):
     stage: Mapped[str] = mapped_column(String(32), default="queued")
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Claims so far: also the fencing token; every write of an execution checks (lease_owner, attempts).
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Claims given back on a graceful shutdown: not crashes, so not counted toward the attempt limit.
+    released: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
     lease_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     started_at: Mapped[float | None] = mapped_column(Float, nullable=True)

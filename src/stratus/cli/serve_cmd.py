@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 
 import typer
 
@@ -24,6 +25,11 @@ def serve(
     from stratus.service.runtime import prepare, start_workers
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # uvicorn handles SIGTERM/SIGINT while it serves, then raises the signal again under the handler that
+    # was there before: ours turns it into SystemExit, so the `finally` below stops the workers gracefully
+    # (their tasks are handed back, not left to look like a crash) instead of the process just dying.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _exit_on_signal)
     cfg = settings(data_dir, config)
     svc = prepare(cfg)
     runner = None if no_workers else start_workers(svc)
@@ -37,6 +43,10 @@ def serve(
         if runner is not None:
             runner.stop()
         svc.db.dispose()
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def worker(

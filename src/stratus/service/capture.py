@@ -155,7 +155,7 @@ class CaptureHandler:
                     result = capture_disk(Path(disk.path), extents, disk.size_gib * GiB, base, store,
                                           svc.region(region).chunk_size)
                 manifest = result.manifest
-                with svc.db.write() as s:
+                with ctx.fenced() as s:
                     digest = record_manifest(s, region, manifest)
                     s.execute(update(ImageDisk).where(ImageDisk.image_id == ctx.image_id, ImageDisk.index == n)
                               .values(manifest_digest=digest, virtual_size=manifest.virtual_size,
@@ -171,14 +171,15 @@ class CaptureHandler:
                         driver.resume(inst.id, workdir)
                 except Exception:
                     log.exception("restarting %s after the capture", inst.id)
-        with svc.db.write() as s:
+        with ctx.fenced() as s:
             set_image_state(s, ctx.image_id, ImageState.NORMAL, progress=100.0)
             s.execute(update(Instance).where(Instance.id == inst.id)
                       .values(latest_operation_state="SUCCESS", latest_operation_error=None))
+            ctx.complete(s, {"disks": results})
         return {"disks": results}
 
     def fail(self, ctx: TaskContext, reason: str) -> None:
-        with self.svc.db.write() as s:
+        with ctx.fenced() as s:
             state = s.scalar(select(Image.state).where(Image.id == ctx.image_id))
             if state == ImageState.CREATING:
                 set_image_state(s, ctx.image_id, ImageState.CREATEFAILED, reason=reason)

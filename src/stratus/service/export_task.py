@@ -1,7 +1,12 @@
-"""The `export` task: write each exported disk into its bucket, in the requested format."""
+"""The `export` task: write each exported disk into its bucket, in the requested format.
+
+Each attempt writes its own `<key>.part-<task>-a<attempt>` and renames it over the key inside the fenced
+transaction that records the object DONE: an execution that lost its lease never replaces a file.
+"""
 
 from __future__ import annotations
 
+import glob
 import os
 from pathlib import Path
 from typing import Any
@@ -40,25 +45,42 @@ class ExportHandler:
             except ManifestMissing as exc:
                 raise RuntimeError(f"{exc} (disk of {item['image_id']})") from None
             dest = bucket_dir / item["key"]
-            part = dest.with_name(dest.name + ".part")
+            part = self._part(dest, ctx)
 
             def on_progress(done: int, size: int, n: int = n) -> None:
                 ctx.report("export", 100.0 * (n + (done / size if size else 1.0)) / total)
 
-            export_disk(manifest, store, part, fmt, progress=on_progress, tmp_dir=svc.settings.tmp_dir)
-            os.replace(part, dest)
-            with svc.db.write() as s:
+            scratch = ctx.scratch(svc.settings.tmp_dir)
+            export_disk(manifest, store, part, fmt, progress=on_progress, tmp_dir=scratch)
+            size = part.stat().st_size
+            last = n == len(items) - 1
+            result = {"CosPaths": ["/" + item["key"] for item in items]}
+            with ctx.fenced() as s:
+                # The rename happens while we hold the task (row lock / write lock): no takeover between.
+                os.replace(part, dest)
                 s.execute(
                     update(ExportObject)
                     .where(ExportObject.region == ctx.region, ExportObject.bucket == ctx.payload["bucket"],
                            ExportObject.key == item["key"])
-                    .values(state="DONE", size=dest.stat().st_size)
+                    .values(state="DONE", size=size)
                 )
+                if last:
+                    ctx.complete(s, result)
+            self._remove_parts(dest, ctx.task_id)  # what earlier, interrupted attempts left
         return {"CosPaths": ["/" + item["key"] for item in items]}
 
+    @staticmethod
+    def _part(dest: Path, ctx: TaskContext) -> Path:
+        return dest.with_name(f"{dest.name}.part-{ctx.task_id}-a{ctx.attempt}")
+
+    @staticmethod
+    def _remove_parts(dest: Path, task_id: int) -> None:
+        for stale in dest.parent.glob(f"{glob.escape(dest.name)}.part-{task_id}-a*"):
+            stale.unlink(missing_ok=True)
+
     def fail(self, ctx: TaskContext, reason: str) -> None:
+        with ctx.fenced() as s:
+            s.execute(update(ExportObject).where(ExportObject.task_id == ctx.task_id).values(state="FAILED"))
         bucket_dir = self._bucket_dir(ctx)
         for item in ctx.payload.get("items", []):
-            (bucket_dir / (item["key"] + ".part")).unlink(missing_ok=True)
-        with self.svc.db.write() as s:
-            s.execute(update(ExportObject).where(ExportObject.task_id == ctx.task_id).values(state="FAILED"))
+            self._remove_parts(bucket_dir / item["key"], ctx.task_id)

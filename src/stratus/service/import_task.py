@@ -4,16 +4,22 @@ Stages per disk: fetch (skipped for uploads) → inspect → ingest. The image t
 transaction that records the last manifest, after every chunk is durable in the store, so a crash at
 any point leaves IMPORTING (resumed by the next worker: chunks already stored are not written again)
 or IMPORTFAILED with a reason, never a NORMAL image with a missing chunk.
+
+Every visible write goes through the task's fence (`ctx.fenced()`), so an execution that lost its lease
+(a paused worker) changes nothing. Downloads land in the attempt's own scratch directory; a later
+attempt copies an earlier attempt's partial download into its own and resumes it with HTTP Range.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import shutil
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
 
 from stratus.catalog.models import Image, ImageDisk, Upload
 from stratus.disk.inspect import inspect_file
@@ -42,16 +48,28 @@ class ImportHandler:
     def __init__(self, svc: Services) -> None:
         self.svc = svc
 
-    def _work_dir(self, ctx: TaskContext) -> Path:
-        return self.svc.settings.tmp_dir / f"task-{ctx.task_id}"
-
     def _progress(self, ctx: TaskContext, stage: str, pct: float) -> None:
         last = getattr(ctx, "_image_pct", -1.0)
         ctx.report(stage, pct)
         if int(pct) != int(last):
             ctx._image_pct = pct  # type: ignore[attr-defined]
-            with self.svc.db.write() as s:
+            with ctx.fenced() as s:
                 s.execute(update(Image).where(Image.id == ctx.image_id).values(progress=pct))
+
+    def _adopt_partial(self, ctx: TaskContext, path: Path) -> None:
+        """Copy an earlier attempt's partial download of this disk into ours, to resume it. A copy, never
+        the file itself: a paused earlier execution may wake up and write to its own file."""
+        if path.exists():
+            return
+        for earlier in ctx.earlier_scratch(self.svc.settings.tmp_dir):
+            old, meta = earlier / path.name, earlier / (path.name + ".meta")
+            try:
+                shutil.copyfile(meta, path.with_name(path.name + ".meta"))
+                shutil.copyfile(old, path)
+                return
+            except OSError:
+                path.unlink(missing_ok=True)
+                path.with_name(path.name + ".meta").unlink(missing_ok=True)
 
     def run(self, ctx: TaskContext) -> dict[str, Any]:
         svc = self.svc
@@ -64,8 +82,7 @@ class ImportHandler:
             raise TaskCancelled(f"image {ctx.image_id} is {state or 'gone'}; nothing to import")
         disks: list[dict[str, Any]] = ctx.payload["disks"]
         done: dict[str, Any] = ctx.payload.get("done", {})
-        work = self._work_dir(ctx)
-        work.mkdir(parents=True, exist_ok=True)
+        work = ctx.scratch(svc.settings.tmp_dir)
         share = 100.0 / len(disks)
         for index, src in enumerate(disks):
             if str(index) in done:
@@ -88,11 +105,12 @@ class ImportHandler:
                             ctx.report("fetch", base)
 
                     self._progress(ctx, "fetch", base)
+                    self._adopt_partial(ctx, path)
                     fetch_url(
                         src["url"], path, allow=svc.settings.import_url_allow,
                         max_bytes=limits.max_download_bytes, timeout=limits.download_timeout_seconds,
                         connect_timeout=limits.download_connect_timeout_seconds, max_redirects=limits.max_redirects,
-                        progress=on_fetch, should_stop=ctx.should_stop,
+                        progress=on_fetch, should_stop=ctx.should_stop, resume=True,
                     )
                 self._progress(ctx, "inspect", base + share * fetch_share)
                 inspection = inspect_file(
@@ -111,10 +129,16 @@ class ImportHandler:
             except Exception as exc:
                 if ctx.should_stop():
                     raise
+                if out_of_space(exc):
+                    raise ImportFailed(
+                        f"{label}: the server ran out of disk space (no space left on device) while storing the "
+                        "image. Ask an operator to free space in the image store (`stratus gc` reclaims what this "
+                        "import left), then import again."
+                    ) from exc
                 reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
                 raise ImportFailed(f"{label}: {reason}") from exc
             manifest = result.manifest
-            with svc.db.write() as s:
+            with ctx.fenced() as s:
                 digest = record_manifest(s, ctx.region, manifest)
                 s.execute(
                     update(ImageDisk)
@@ -126,30 +150,53 @@ class ImportHandler:
             ctx.checkpoint({"done": done})
             if path.parent == work:
                 path.unlink(missing_ok=True)
-        with svc.db.write() as s:
+        result_data = {"disks": done}
+        with ctx.fenced() as s:
             state = s.scalar(select(Image.state).where(Image.id == ctx.image_id))
             if state != ImageState.IMPORTING:
                 raise TaskCancelled(f"image {ctx.image_id} is {state or 'gone'}")
             set_image_state(s, ctx.image_id, ImageState.NORMAL, progress=100.0)
-        self._cleanup(ctx)
-        return {"disks": done}
+            self._consume_uploads(ctx, s)
+            ctx.complete(s, result_data)
+        self._remove_upload_files(ctx)
+        return result_data
 
     def fail(self, ctx: TaskContext, reason: str) -> None:
-        with self.svc.db.write() as s:
+        with ctx.fenced() as s:
             state = s.scalar(select(Image.state).where(Image.id == ctx.image_id))
             if state == ImageState.IMPORTING:
                 set_image_state(s, ctx.image_id, ImageState.IMPORTFAILED, reason=reason)
-        self._cleanup(ctx)
+            self._consume_uploads(ctx, s)
+        self._remove_upload_files(ctx)
 
-    def _cleanup(self, ctx: TaskContext) -> None:
-        shutil.rmtree(self._work_dir(ctx), ignore_errors=True)
+    @staticmethod
+    def _upload_ids(ctx: TaskContext) -> list[str]:
+        return [d["upload_id"] for d in ctx.payload.get("disks", []) if "upload_id" in d]
+
+    def _consume_uploads(self, ctx: TaskContext, s: Session) -> None:
         # An upload is consumed by its import, whatever the outcome: the bytes live on as chunks.
-        upload_ids = [d["upload_id"] for d in ctx.payload.get("disks", []) if "upload_id" in d]
+        upload_ids = self._upload_ids(ctx)
         if upload_ids:
-            with self.svc.db.write() as s:
-                s.execute(delete(Upload).where(Upload.id.in_(upload_ids)))
-            for upload_id in upload_ids:
-                upload_path(self.svc, upload_id).unlink(missing_ok=True)
+            s.execute(delete(Upload).where(Upload.id.in_(upload_ids)))
+
+    def _remove_upload_files(self, ctx: TaskContext) -> None:
+        # After the fenced commit: only the execution that consumed the uploads removes their files.
+        for upload_id in self._upload_ids(ctx):
+            upload_path(self.svc, upload_id).unlink(missing_ok=True)
+
+
+def out_of_space(exc: BaseException) -> bool:
+    """ENOSPC anywhere in the chain (our own writes), or in a tool's message (qemu-img's)."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(cur):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
 
 
 class ImportFailed(Exception):

@@ -26,7 +26,7 @@ from stratus.domain.states import InstanceState
 from stratus.service.bases import base_path, bases_dir, ensure_base, release_unused_bases
 from stratus.service.context import Services
 from stratus.service.instances import GiB, instance_dir, set_states
-from stratus.tasks.runner import TaskContext
+from stratus.tasks.runner import TaskContext, TaskLost
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,8 @@ def create_disks(svc: Services, region: str, instances: list[Instance], ctx: Tas
         if ctx:
             ctx.report("base", 60.0 * n / max(1, len(bases)), force=True)
         ensure_base(svc, region, digest)
+    if ctx:
+        ctx.renew()  # still ours (TaskLost if not): a stale launch must not overwrite the live one's disks
     for (digest, gib), paths in groups.items():
         overlays.create_overlays(base_path(svc, region, digest), "raw", paths, gib * GiB)
     for path, size in blanks:
@@ -100,25 +102,29 @@ class LaunchHandler:
         for n, inst in enumerate(instances):
             driver = get_driver(inst.driver)
             if inst.driver != "disk":
+                ctx.renew()
                 driver.start(vm_spec(svc, inst))
             ctx.report("boot", 70.0 + 30.0 * (n + 1) / len(instances))
-        with svc.db.write() as s:
+        result = {"launched": [i.id for i in instances]}
+        with ctx.fenced() as s:
             set_states(s, [i.id for i in instances], InstanceState.RUNNING, op_state="SUCCESS")
-        return {"launched": [i.id for i in instances]}
+            ctx.complete(s, result)
+        return result
 
     def fail(self, ctx: TaskContext, reason: str) -> None:
         svc = self.svc
         assert ctx.region
         instances = _load(svc, ctx.payload["instance_ids"])
-        for inst in instances:
-            if inst.state != InstanceState.PENDING:
-                continue
-            try:
-                get_driver(inst.driver).cleanup(inst.id, instance_dir(svc, ctx.region, inst.id))
-            except Exception:
-                log.exception("cleaning up %s", inst.id)
-            remove_files(svc, ctx.region, inst.id)
-        with svc.db.write() as s:
+        with ctx.fenced() as s:
+            # Files go while we hold the task: a stale execution never removes a live launch's disks.
+            for inst in instances:
+                if inst.state != InstanceState.PENDING:
+                    continue
+                try:
+                    get_driver(inst.driver).cleanup(inst.id, instance_dir(svc, ctx.region, inst.id))
+                except Exception:
+                    log.exception("cleaning up %s", inst.id)
+                remove_files(svc, ctx.region, inst.id)
             pending = [i.id for i in instances if i.state == InstanceState.PENDING]
             set_states(s, pending, InstanceState.LAUNCH_FAILED, op_state="FAILED", error=reason, reason=reason)
             # Nothing half-created: a failed launch keeps its record, never its disks.
@@ -148,36 +154,40 @@ class InstanceHandler:
         return {op: done}
 
     def _start(self, inst: Instance, driver: Driver, workdir: Path, force: bool, ctx: TaskContext) -> None:
+        ctx.renew()  # each operation acts only while the task is ours (TaskLost otherwise)
         if inst.driver != "disk" and not driver.is_running(inst.id, workdir):
             driver.start(vm_spec(self.svc, inst))
-        with self.svc.db.write() as s:
+        with ctx.fenced() as s:
             set_states(s, [inst.id], InstanceState.RUNNING, op_state="SUCCESS")
 
     def _stop(self, inst: Instance, driver: Driver, workdir: Path, force: bool, ctx: TaskContext) -> None:
+        ctx.renew()
         driver.stop(inst.id, workdir, force=force)
-        with self.svc.db.write() as s:
+        with ctx.fenced() as s:
             set_states(s, [inst.id], InstanceState.STOPPED, op_state="SUCCESS")
 
     def _reboot(self, inst: Instance, driver: Driver, workdir: Path, force: bool, ctx: TaskContext) -> None:
+        ctx.renew()
         if inst.driver != "disk":
             if driver.is_running(inst.id, workdir):
                 driver.reboot(inst.id, workdir, force=force)
             else:
                 driver.start(vm_spec(self.svc, inst))
-        with self.svc.db.write() as s:
+        with ctx.fenced() as s:
             set_states(s, [inst.id], InstanceState.RUNNING, op_state="SUCCESS")
 
     def _terminate(self, inst: Instance, driver: Driver, workdir: Path, force: bool, ctx: TaskContext) -> None:
         # Every disk goes with its instance: there are no standalone cloud disks to keep one as.
-        driver.cleanup(inst.id, workdir)
-        remove_files(self.svc, inst.region, inst.id)
-        with self.svc.db.write() as s:
+        with ctx.fenced() as s:
+            driver.cleanup(inst.id, workdir)
+            remove_files(self.svc, inst.region, inst.id)
             s.execute(delete(Instance).where(Instance.id == inst.id))
 
     def _reset(self, inst: Instance, driver: Driver, workdir: Path, force: bool, ctx: TaskContext) -> None:
         svc = self.svc
         payload = ctx.payload
         was_running = inst.state == InstanceState.RUNNING
+        ctx.renew()
         if inst.driver != "disk":
             driver.stop(inst.id, workdir, force=True)
         system = inst.disks[0]
@@ -185,22 +195,27 @@ class InstanceHandler:
         ensure_base(svc, inst.region, digest)
         new_path = workdir / f"{system.id}.reset-{ids.new_id('disk')[5:]}.qcow2"
         overlays.create_overlay(base_path(svc, inst.region, digest), "raw", new_path, gib * GiB)
-        new_path.replace(system.path)  # the old system disk is gone in one rename
-        with svc.db.write() as s:
-            row = s.get(Instance, inst.id)
-            assert row is not None
-            row.image_id = payload["image_id"]
-            if "user_data" in payload:
-                row.user_data = payload["user_data"]
-            if "host_name" in payload:
-                row.host_name = payload["host_name"]
-            disk = s.get(InstanceDisk, system.id)
-            assert disk is not None
-            disk.base_manifest, disk.size_gib = digest, gib
+        try:
+            with ctx.fenced() as s:
+                # Renamed while we hold the task: a stale reset never replaces the disk under a live one.
+                new_path.replace(system.path)  # the old system disk is gone in one rename
+                row = s.get(Instance, inst.id)
+                assert row is not None
+                row.image_id = payload["image_id"]
+                if "user_data" in payload:
+                    row.user_data = payload["user_data"]
+                if "host_name" in payload:
+                    row.host_name = payload["host_name"]
+                disk = s.get(InstanceDisk, system.id)
+                assert disk is not None
+                disk.base_manifest, disk.size_gib = digest, gib
+        except TaskLost:
+            new_path.unlink(missing_ok=True)  # ours, never renamed
+            raise
         if was_running and inst.driver != "disk":
             refreshed = _load(svc, [inst.id])[0]
             driver.start(vm_spec(svc, refreshed))
-        with svc.db.write() as s:
+        with ctx.fenced() as s:
             set_states(s, [inst.id], InstanceState.RUNNING if was_running else InstanceState.STOPPED,
                        op_state="SUCCESS")
         release_unused_bases(svc, inst.region)
@@ -214,7 +229,7 @@ class InstanceHandler:
             else:
                 running = get_driver(inst.driver).is_running(inst.id, instance_dir(svc, inst.region, inst.id))
                 state = InstanceState.RUNNING if running else InstanceState.STOPPED
-            with svc.db.write() as s:
+            with ctx.fenced() as s:
                 set_states(s, [inst.id], state, op_state="FAILED", error=reason)
 
 

@@ -55,7 +55,7 @@ def start_workers(svc: Services) -> TaskRunner:
     if any(adopted.values()):
         log.info("VMs after restart: %s", adopted)
     runner = TaskRunner(svc.db, task_handlers(svc), workers=svc.settings.workers,
-                        lease_seconds=svc.settings.limits.task_lease_seconds)
+                        lease_seconds=svc.settings.limits.task_lease_seconds, scratch_root=svc.settings.tmp_dir)
     svc.on_task_queued = runner.wake
     runner.start()
     threading.Thread(target=_housekeeping, args=(svc, runner), name="stratus-housekeeping", daemon=True).start()

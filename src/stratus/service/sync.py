@@ -318,7 +318,7 @@ class SyncHandler:
             ctx.checkpoint({"copy": now})
             if pct != last_pct[0]:
                 last_pct[0] = pct
-                with svc.db.write() as s:
+                with ctx.fenced() as s:
                     s.execute(update(Image).where(Image.id == ctx.image_id, Image.state == ImageState.SYNCING)
                               .values(sync_percent=pct, progress=float(pct)))
 
@@ -337,19 +337,7 @@ class SyncHandler:
                 raise
             raise SyncFailed(getattr(exc, "message", None) or str(exc) or type(exc).__name__) from exc
         final = totals(CopyProgress(len(order) - start, total - base["bytes_done"], result))
-        with svc.db.write() as s:
-            if s.scalar(select(Image.state).where(Image.id == ctx.image_id)) != ImageState.SYNCING:
-                raise TaskCancelled(f"image {ctx.image_id} is no longer SYNCING")
-            for m in manifests.values():
-                record_manifest(s, ctx.region, m)
-            for disk in p["disks"]:
-                s.execute(update(ImageDisk).where(ImageDisk.image_id == ctx.image_id, ImageDisk.index == disk["index"])
-                          .values(manifest_digest=disk["manifest"]))
-            s.execute(update(Image).where(Image.id == ctx.image_id).values(
-                state=ImageState.NORMAL, state_reason=None, sync_percent=100, progress=100.0, updated_at=time.time()))
-        log.info("sync %s → %s (%s): %d of %d bytes crossed", p["source_image_id"], ctx.image_id, ctx.region,
-                 final["bytes_copied"], total)
-        return {
+        outcome = {
             "SourceImageId": p["source_image_id"],
             "SourceRegion": p["source_region"],
             "BytesTotal": total,
@@ -360,10 +348,24 @@ class SyncHandler:
             "ChunksPresent": final["chunks_present"],
             "ResumedAtBytes": resumed,
         }
+        with ctx.fenced() as s:
+            if s.scalar(select(Image.state).where(Image.id == ctx.image_id)) != ImageState.SYNCING:
+                raise TaskCancelled(f"image {ctx.image_id} is no longer SYNCING")
+            for m in manifests.values():
+                record_manifest(s, ctx.region, m)
+            for disk in p["disks"]:
+                s.execute(update(ImageDisk).where(ImageDisk.image_id == ctx.image_id, ImageDisk.index == disk["index"])
+                          .values(manifest_digest=disk["manifest"]))
+            s.execute(update(Image).where(Image.id == ctx.image_id).values(
+                state=ImageState.NORMAL, state_reason=None, sync_percent=100, progress=100.0, updated_at=time.time()))
+            ctx.complete(s, outcome)
+        log.info("sync %s → %s (%s): %d of %d bytes crossed", p["source_image_id"], ctx.image_id, ctx.region,
+                 final["bytes_copied"], total)
+        return outcome
 
     def fail(self, ctx: TaskContext, reason: str) -> None:
         p = ctx.payload
         message = f"sync of {p.get('source_image_id')} from {p.get('source_region')} failed: {reason}"
-        with self.svc.db.write() as s:
+        with ctx.fenced() as s:
             s.execute(update(Image).where(Image.id == ctx.image_id, Image.state == ImageState.SYNCING).values(
                 state=ImageState.CREATEFAILED, state_reason=message, updated_at=time.time()))

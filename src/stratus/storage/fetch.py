@@ -11,7 +11,13 @@ The URL comes from an API caller, so the server must not become a proxy into its
   (httpcore passes the ``sni_hostname`` request extension as ``server_hostname`` to
   ``SSLContext.wrap_socket``, and ``check_hostname`` verifies against that name, not the IP);
 * redirects are followed by hand, each hop re-checked like the first;
-* size and wall-clock time are bounded, and the partial file is removed on any failure.
+* size and wall-clock time are bounded, and the partial file is removed on any failure;
+* unless ``resume=True``: then a body cut short is fetched on from where it stopped with HTTP
+  ``Range`` (and ``If-Range``) when the server offers it (``Accept-Ranges: bytes`` and a strong
+  ``ETag`` or a ``Last-Modified``), and a partial file is kept beside a ``.meta`` record of the
+  URL, validators and length, so a later call (the next task attempt) resumes it. A partial that
+  doesn't match (other URL, changed ETag/Last-Modified/length, or a server answering 200 to the
+  range) is restarted from byte 0. Only bytes written in order are ever kept.
 
 Blocking network I/O runs in a helper thread so the caller's thread can enforce the overall
 deadline and poll ``should_stop`` even while the server is silent; the callbacks are always
@@ -22,7 +28,10 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
+import os
 import queue
+import re
 import socket
 import ssl
 import threading
@@ -90,6 +99,75 @@ class FetchResult:
     size: int
     final_url: str
     content_type: str | None
+    resumed_from: tuple[int, ...] = ()  # the offsets the download went on from (Range requests)
+
+
+@dataclass
+class _Partial:
+    """What a kept partial download is of: the resume point and the validators it must still match."""
+
+    url: str
+    offset: int
+    length: int
+    etag: str | None
+    last_modified: str | None
+
+    @staticmethod
+    def meta_path(dest: Path) -> Path:
+        return dest.with_name(dest.name + ".meta")
+
+    @classmethod
+    def load(cls, dest: Path, url: str) -> _Partial | None:
+        try:
+            meta = json.loads(cls.meta_path(dest).read_text())
+            offset = dest.stat().st_size
+            partial = cls(str(meta["url"]), offset, int(meta["length"]), meta.get("etag"), meta.get("last_modified"))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if partial.url != url or not (partial.etag or partial.last_modified) or not 0 < offset < partial.length:
+            return None
+        return partial
+
+    def save(self, dest: Path) -> None:
+        meta = {"url": self.url, "length": self.length, "etag": self.etag, "last_modified": self.last_modified}
+        tmp = self.meta_path(dest).with_name(dest.name + ".meta.tmp")
+        tmp.write_text(json.dumps(meta))
+        os.replace(tmp, self.meta_path(dest))
+
+    def headers(self) -> dict[str, str]:
+        return {"Range": f"bytes={self.offset}-", "If-Range": self.etag or self.last_modified or ""}
+
+    def matches(self, response: httpx.Response) -> bool:
+        """A 206 answer continues this partial: same validators, same length, starting at our offset."""
+        m = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+)", response.headers.get("content-range", "").strip())
+        if m is None or int(m[1]) != self.offset or int(m[3]) != self.length:
+            return False
+        if self.etag and response.headers.get("etag") != self.etag:
+            return False
+        return not (not self.etag and response.headers.get("last-modified") != self.last_modified)
+
+
+def _validators(response: httpx.Response) -> tuple[str | None, str | None] | None:
+    """(strong ETag, Last-Modified) if the server lets a download of this response be resumed."""
+    if response.headers.get("accept-ranges", "").strip().lower() != "bytes":
+        return None
+    etag = response.headers.get("etag")
+    if etag is not None and etag.startswith("W/"):
+        etag = None  # a weak validator can't be used with If-Range
+    last_modified = response.headers.get("last-modified")
+    return (etag, last_modified) if etag or last_modified else None
+
+
+class _Interrupted(Exception):
+    """The body stopped early, and the server can continue it from ``partial.offset``."""
+
+    def __init__(self, error: FetchFailed, partial: _Partial) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.partial = partial
+
+
+_KEEP_REASONS = frozenset({"truncated", "timeout", "cancelled", "connect"})
 
 
 # --------------------------------------------------------------------------------------------
@@ -365,9 +443,11 @@ class _Hop(threading.Thread):
     The thread owns every httpx object; the caller only ever shuts the socket down to unblock it.
     """
 
-    def __init__(self, url: httpx.URL, addrs: Sequence[Address], host_header: str, timeouts: httpx.Timeout):
+    def __init__(self, url: httpx.URL, addrs: Sequence[Address], host_header: str, timeouts: httpx.Timeout,
+                 extra_headers: dict[str, str] | None = None):
         super().__init__(name=f"fetch-{url.host}", daemon=True)
         self.url = url
+        self.extra_headers = extra_headers or {}
         self.addrs = list(addrs)
         self.host_header = host_header
         self.timeouts = timeouts
@@ -436,6 +516,7 @@ class _Hop(threading.Thread):
             # Identity: the file must land byte-for-byte, and Content-Length must mean file length.
             "Accept-Encoding": "identity",
             "User-Agent": "stratus-image-import",
+            **self.extra_headers,
         }
         for i, ip in enumerate(self.addrs):
             target = self.url.copy_with(host=str(ip), fragment=None)
@@ -528,15 +609,64 @@ def fetch_url(
     max_redirects: int = 5,
     progress: Callable[[int, int | None], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    resume: bool = False,
+    max_resumes: int = 5,
 ) -> FetchResult:
     """Download ``url`` into ``dest`` under the SSRF policy; see the module docstring.
 
     ``timeout`` is a wall-clock budget for the whole fetch (DNS, redirects, body). ``progress``
     gets ``(received, total_or_None)`` about 10x per second and once at the end; ``should_stop``
     is polled about 10x per second. Raises FetchRefused / FetchFailed; on any failure ``dest``
-    (if this call created it) is removed.
+    is removed, unless ``resume`` and the server allows resuming (then it is kept to go on from).
+    With ``resume``, an existing ``dest`` with a matching ``.meta`` record is continued, and a body
+    cut short is continued up to ``max_resumes`` times within this call.
     """
     watch = _Watch(timeout, should_stop, progress)
+    partial = _Partial.load(dest, url) if resume else None
+    resumed: list[int] = []  # offsets the server continued from (206 answers)
+    tries = 0
+    try:
+        while True:
+            try:
+                result = _fetch_once(url, dest, partial, allow, max_bytes, watch, connect_timeout, max_redirects,
+                                     resumed)
+            except _Interrupted as exc:
+                tries += 1
+                if tries > max_resumes or not resume:
+                    raise exc.error from None
+                partial = exc.partial
+                continue
+            return FetchResult(result.size, result.final_url, result.content_type, tuple(resumed))
+    except FetchFailed as exc:
+        if not (resume and exc.reason in _KEEP_REASONS and _Partial.meta_path(dest).exists()):
+            _discard(dest)
+        raise
+    except BaseException:
+        _discard(dest)
+        raise
+    finally:
+        if not dest.exists():
+            _Partial.meta_path(dest).unlink(missing_ok=True)
+
+
+def _discard(dest: Path) -> None:
+    with contextlib.suppress(OSError):  # never mask the real failure
+        dest.unlink(missing_ok=True)
+        _Partial.meta_path(dest).unlink(missing_ok=True)
+
+
+def _fetch_once(
+    url: str,
+    dest: Path,
+    partial: _Partial | None,
+    allow: Sequence[Network],
+    max_bytes: int,
+    watch: _Watch,
+    connect_timeout: float,
+    max_redirects: int,
+    resumed: list[int],
+) -> FetchResult:
+    """One GET, following redirects; from ``partial.offset`` with a Range request if ``partial``."""
     current = _parse(url)
     _check_parsed(current, url)
     current = current.copy_with(fragment=None)
@@ -556,7 +686,7 @@ def fetch_url(
         # The caller's thread enforces the deadline; these are a backstop so the helper thread can
         # never outlive it by much, even if it cannot be interrupted.
         timeouts = httpx.Timeout(remaining, connect=min(connect_timeout, remaining))
-        hop = _Hop(current, addrs, host_header, timeouts)
+        hop = _Hop(current, addrs, host_header, timeouts, partial.headers() if partial else None)
         hop.start()
         try:
             kind, payload = hop.next_event(watch)
@@ -592,7 +722,14 @@ def fetch_url(
                     raise FetchRefused(exc.reason, prefix + str(exc)) from None
                 current = nxt
                 continue
-            if not 200 <= status < 300:
+            if status == 416 and partial is not None:
+                # The range no longer fits the file: it changed. Start over from byte 0.
+                _discard(dest)
+                return _fetch_once(url, dest, None, allow, max_bytes, watch, connect_timeout, max_redirects, resumed)
+            if status == 206 and partial is not None and partial.matches(response):
+                resumed.append(partial.offset)
+                return _receive(hop, response, dest, url, current, max_bytes, watch, partial)
+            if not 200 <= status < 300 or status == 206:
                 hint = (
                     "the URL must be readable without credentials (a pre-signed URL works)"
                     if status in (401, 403)
@@ -602,19 +739,22 @@ def fetch_url(
                     "http_status",
                     f"{host} answered HTTP {status} {response.reason_phrase} for the image; {hint}.",
                 )
-            return _receive(hop, response, dest, current, max_bytes, watch)
+            # A full answer (no range asked, or the file changed, or no Range support): from byte 0.
+            return _receive(hop, response, dest, url, current, max_bytes, watch, None)
         finally:
             hop.cancel()
             hop.join(timeout=1)  # best effort; the thread is a daemon bounded by its own timeouts
 
 
 def _receive(
-    hop: _Hop, response: httpx.Response, dest: Path, url: httpx.URL, max_bytes: int, watch: _Watch
+    hop: _Hop, response: httpx.Response, dest: Path, original_url: str, url: httpx.URL, max_bytes: int,
+    watch: _Watch, partial: _Partial | None,
 ) -> FetchResult:
     host = watch.host
+    offset = partial.offset if partial is not None else 0
     total: int | None
     try:
-        total = int(response.headers["content-length"])
+        total = offset + int(response.headers["content-length"])
     except (KeyError, ValueError):
         total = None
     too_large = FetchFailed(
@@ -623,12 +763,24 @@ def _receive(
         "or ask an operator to raise limits.max_download_bytes.",
     )
     if total is not None and total > max_bytes:
-        raise too_large  # before creating dest: nothing to clean up
-    received = 0
-    try:
-        with open(dest, "wb") as out:
-            buf = bytearray()
-            watch.progress(0, total, force=True)
+        raise too_large  # before writing: the caller removes what is there
+    # Record what a kept partial is of before its first byte lands, so it can be resumed after a crash.
+    resumable: _Partial | None = None
+    if partial is not None:
+        resumable = partial
+    else:
+        _Partial.meta_path(dest).unlink(missing_ok=True)
+        validators = _validators(response)
+        if validators is not None and total is not None:
+            resumable = _Partial(original_url, 0, total, *validators)
+            resumable.save(dest)
+    received = offset
+    with open(dest, "r+b" if partial is not None else "wb") as out:
+        out.seek(offset)
+        out.truncate()
+        buf = bytearray()
+        watch.progress(received, total, force=True)
+        try:
             while True:
                 kind, payload = hop.next_event(watch)
                 if kind == "end":
@@ -643,15 +795,20 @@ def _receive(
                     out.write(buf)
                     buf.clear()
                 watch.progress(received, total)
-            out.write(buf)
-        if total is not None and received != total:  # h11 enforces this too; keep the promise here
-            raise FetchFailed(
-                "truncated",
-                f"{host} sent {received} of {total} bytes; the file is incomplete. Retry the import.",
-            )
-    except BaseException:
-        with contextlib.suppress(OSError):  # never mask the real failure
-            dest.unlink(missing_ok=True)
-        raise
+            if total is not None and received != total:  # h11 enforces this too; keep the promise here
+                raise FetchFailed(
+                    "truncated",
+                    f"{host} sent {received} of {total} bytes; the file is incomplete. Retry the import.",
+                )
+        except FetchFailed as exc:
+            if resumable is None or exc.reason not in _KEEP_REASONS:
+                raise
+            out.write(buf)  # everything received so far is in order: keep it to go on from
+            if exc.reason == "truncated":
+                resumable.offset = received
+                raise _Interrupted(exc, resumable) from None
+            raise
+        out.write(buf)
     watch.progress(received, total, force=True)
+    _Partial.meta_path(dest).unlink(missing_ok=True)
     return FetchResult(size=received, final_url=str(url), content_type=response.headers.get("content-type"))
