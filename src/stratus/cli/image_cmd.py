@@ -368,7 +368,8 @@ def copy(
     json_out: bool = JsonOpt,
 ) -> None:
     """Copy an image into other regions (SyncImages), with progress. Only the chunks a region's store
-    lacks are sent; prints each copy's region, id and the bytes that crossed."""
+    lacks are sent; prints each copy's region, id and state (and, for an operator account, the bytes that
+    crossed: other accounts don't learn what the store already held)."""
     ep = Endpoint(endpoint, region)
     params: dict[str, Any] = {"ImageIds": [image_id], "DestinationRegions": _split(to), "ImageSetRequired": True}
     if name:

@@ -367,6 +367,11 @@ def _check_source_url(svc: Services, s: Session, caller: Caller, url: str, force
             raise errors.InvalidParameterUrlError(
                 detail=f"No upload {upload_id!r}; upload the file first with `stratus image import FILE`."
             )
+        if upload.state == "CONSUMED":
+            raise errors.InvalidParameterUrlError(
+                detail=f"Upload {upload_id} was already imported as {upload.image_id}; an upload is consumed by "
+                "one import. Upload the file again to import it again."
+            )
         if upload.state != "COMPLETE":
             raise errors.InvalidParameterUrlError(
                 detail=f"Upload {upload_id} has {upload.received} of {upload.size} bytes; finish it first."
@@ -379,6 +384,20 @@ def _check_source_url(svc: Services, s: Session, caller: Caller, url: str, force
     if url.lower().split("?")[0].endswith(".iso") and not force:
         raise errors.ISOMustImportByForce()
     return {"url": url}
+
+
+def _consume_upload(s: Session, upload_id: str, image_id: str) -> None:
+    """Compare-and-set COMPLETE → CONSUMED: of two imports naming one upload (or one import naming it twice),
+    exactly one gets it. On PostgreSQL the loser's UPDATE waits for the winner's row lock, then matches nothing."""
+    taken = s.execute(
+        update(Upload).where(Upload.id == upload_id, Upload.state == "COMPLETE")
+        .values(state="CONSUMED", image_id=image_id).execution_options(synchronize_session=False)
+    ).rowcount
+    if taken != 1:
+        raise errors.InvalidParameterUrlError(
+            detail=f"Upload {upload_id} is already being imported (or named twice in this request); an upload is "
+            "consumed by one import. Upload the file again to import it again."
+        )
 
 
 def import_image(svc: Services, caller: Caller, region: str, req: ImportRequest) -> str | None:
@@ -442,6 +461,9 @@ def import_image(svc: Services, caller: Caller, region: str, req: ImportRequest)
             image.tags = [ImageTag(key=k, value=v) for k, v in req.tags]
             s.add(image)
             _commit_or_duplicate(s, req.name, region)
+            for src in sources:
+                if "upload_id" in src:
+                    _consume_upload(s, src["upload_id"], image_id)
             enqueue(
                 s, "import", {"disks": sources, "force": req.force},
                 account_id=caller.account_id, region=region, image_id=image_id,
