@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -131,31 +132,46 @@ def test_overlapping_puts_to_one_upload_cannot_interleave(strict: Server, twin: 
     """A client retry while its first PUT is still being read: the second PUT, at the same offset and sent to
     another API process, is refused with 409 and the offset to resume from; the first one's bytes stand."""
     acct = strict.account("racer")
-    size = 4 * MiB
+    size = 8 * MiB
     upload_id = create(strict, acct, size).json()["Response"]["UploadId"]
     path = f"/uploads/{upload_id}"
     h = headers(strict, acct, "PUT", path, query="offset=0", body=None, content_type="application/octet-stream")
     request = f"PUT {path}?offset=0 HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in h.items()) + \
         f"Content-Length: {size}\r\n\r\n"
-    with socket.create_connection(("127.0.0.1", strict.port), timeout=20) as sock:
+    answers: list[httpx.Response] = []
+
+    def retries() -> None:
+        for srv in (twin, strict):
+            answers.append(put(srv, acct, upload_id, 0, b"b" * size))
+        answers.append(put(twin, acct, upload_id, MiB, b"b" * (size - MiB)))  # an offset the catalog doesn't hold
+
+    with socket.create_connection(("127.0.0.1", strict.port), timeout=30) as sock:
         sock.sendall(request.encode() + b"a" * MiB)
         time.sleep(0.3)  # the first PUT is in the middle of its body
-        for srv in (twin, strict):
-            retry = put(srv, acct, upload_id, 0, b"b" * size)
-            assert retry.status_code == 409, retry.text
-            body = retry.json()["Response"]
-            assert body["Error"]["Code"] == "ResourceInUse"
-            assert body["Received"] == 0 and "retry" in body["Error"]["Message"]
-        ahead = put(twin, acct, upload_id, MiB, b"b" * (size - MiB))  # an offset the catalog doesn't hold
-        assert ahead.status_code == 409 and ahead.json()["Response"]["Received"] == 0
-        assert ahead.json()["Response"]["Error"]["Code"] == "InvalidParameterValue"
-        sock.sendall(b"a" * (size - MiB))
+        other = threading.Thread(target=retries)
+        other.start()
+        sent = MiB
+        while other.is_alive() and sent < size - 64 * 1024:  # keep the first PUT going (1 s idle limit)
+            sock.sendall(b"a" * 16384)
+            sent += 16384
+            time.sleep(0.05)
+        other.join()
+        sock.sendall(b"a" * (size - sent))
         answer = b""
         while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
             more = sock.recv(65536)
             if not more:
                 break
             answer += more
+    assert sent < size - 64 * 1024, "the retries outlasted the first PUT's body: the race was not tested"
+    for retry in answers[:2]:
+        assert retry.status_code == 409, retry.text
+        body = retry.json()["Response"]
+        assert body["Error"]["Code"] == "ResourceInUse"
+        assert body["Received"] == 0 and "retry" in body["Error"]["Message"]
+    ahead = answers[2]
+    assert ahead.status_code == 409 and ahead.json()["Response"]["Received"] == 0
+    assert ahead.json()["Response"]["Error"]["Code"] == "InvalidParameterValue"
     assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
     assert status(twin, acct, upload_id)["State"] == "COMPLETE"
     assert (strict.data_dir / "uploads" / upload_id).read_bytes() == b"a" * size  # no 'b' got in

@@ -1,8 +1,15 @@
-"""The `export` task: write each exported disk into its bucket, in the requested format."""
+"""The `export` task: write each exported disk into its bucket, in the requested format; and the expiry
+of exported files.
+
+Each file is written as `<key>.part` and renamed over `<key>` durably (file fsynced, rename, directory
+fsynced), so after a crash a key holds a whole export or nothing new. Only one export of a key runs at a
+time (ExportImages refuses a second while the first is PENDING), so two tasks never write one `.part`.
+"""
 
 from __future__ import annotations
 
-import os
+import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +18,11 @@ from sqlalchemy import select, update
 from stratus.catalog.models import ExportObject, Manifest
 from stratus.domain.manifest import DiskManifest
 from stratus.service.context import Services
+from stratus.storage.dirstore import durable_replace
 from stratus.storage.export import export_disk
 from stratus.tasks.runner import TaskContext
+
+log = logging.getLogger(__name__)
 
 
 class ExportHandler:
@@ -48,12 +58,12 @@ class ExportHandler:
                 ctx.report("export", 100.0 * (n + (done / size if size else 1.0)) / total)
 
             export_disk(manifest, store, part, fmt, progress=on_progress, tmp_dir=svc.settings.tmp_dir)
-            os.replace(part, dest)
+            durable_replace(part, dest)
             with svc.db.write() as s:
                 s.execute(
                     update(ExportObject)
                     .where(ExportObject.region == ctx.region, ExportObject.bucket == ctx.payload["bucket"],
-                           ExportObject.key == item["key"])
+                           ExportObject.key == item["key"], ExportObject.task_id == ctx.task_id)
                     .values(state="DONE", size=dest.stat().st_size)
                 )
         return {"CosPaths": ["/" + item["key"] for item in items]}
@@ -64,3 +74,20 @@ class ExportHandler:
             (bucket_dir / (item["key"] + ".part")).unlink(missing_ok=True)
         with self.svc.db.write() as s:
             s.execute(update(ExportObject).where(ExportObject.task_id == ctx.task_id).values(state="FAILED"))
+
+
+def expire_exports(svc: Services, now: float | None = None) -> int:
+    """Delete exported files (and their rows) older than `limits.export_ttl_seconds`; never one whose export
+    is still PENDING. Returns how many were removed."""
+    now = time.time() if now is None else now
+    cutoff = now - svc.settings.limits.export_ttl_seconds
+    with svc.db.write() as s:
+        stale = s.scalars(select(ExportObject).where(ExportObject.created_at < cutoff,
+                                                     ExportObject.state.in_(("DONE", "FAILED")))).all()
+        for obj in stale:
+            region = svc.settings.region(obj.region)
+            bucket = region.bucket(obj.bucket) if region else None
+            if bucket is not None:
+                (bucket.path / obj.key).unlink(missing_ok=True)
+            s.delete(obj)
+        return len(stale)

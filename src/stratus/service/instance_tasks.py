@@ -26,6 +26,7 @@ from stratus.domain.states import InstanceState
 from stratus.service.bases import base_path, bases_dir, ensure_base, release_unused_bases
 from stratus.service.context import Services
 from stratus.service.instances import GiB, instance_dir, set_states
+from stratus.storage.dirstore import durable_replace
 from stratus.tasks.runner import TaskContext
 
 log = logging.getLogger(__name__)
@@ -185,7 +186,7 @@ class InstanceHandler:
         ensure_base(svc, inst.region, digest)
         new_path = workdir / f"{system.id}.reset-{ids.new_id('disk')[5:]}.qcow2"
         overlays.create_overlay(base_path(svc, inst.region, digest), "raw", new_path, gib * GiB)
-        new_path.replace(system.path)  # the old system disk is gone in one rename
+        durable_replace(new_path, system.path)  # the old system disk is gone in one rename, fsynced
         with svc.db.write() as s:
             row = s.get(Instance, inst.id)
             assert row is not None
