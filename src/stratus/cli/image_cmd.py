@@ -137,6 +137,15 @@ def upload_file(ep: Endpoint, path: Path, declared_format: str | None = None) ->
                 received = r.json()["Response"]["Received"] if r.status_code == 200 else start
                 progress.update(bar, completed=received)
                 continue
+            if r.status_code == 409 and "Received" in r.json().get("Response", {}):
+                # Our earlier request is still being read, or landed: resume where the server says.
+                attempts += 1
+                if attempts > 5:
+                    die(f"upload refused: {_data_error(r)}", EXIT_REFUSED)
+                time.sleep(min(2**attempts, 10))
+                received = r.json()["Response"]["Received"]
+                progress.update(bar, completed=received)
+                continue
             if r.status_code != 200:
                 die(f"upload refused: {_data_error(r)}", EXIT_REFUSED)
             received = r.json()["Response"]["Received"]
