@@ -359,9 +359,9 @@ class Server:
     def cli(self, *args: str, timeout: float = 3600) -> tuple[float, subprocess.CompletedProcess[str]]:
         return timed([STRATUS, *args], env=self.env())
 
-    def create_account(self, name: str) -> dict[str, str]:
+    def create_account(self, name: str, operator: bool = False) -> dict[str, str]:
         _, res = timed([STRATUS, "account", "create", name, "--data-dir", str(self.data_dir), "--config",
-                        str(self.config), "--json"], env=self.env(False))
+                        str(self.config), "--json", *(["--operator"] if operator else [])], env=self.env(False))
         return json.loads(res.stdout)
 
     def client(self, region: str = REGION) -> Any:

@@ -61,6 +61,13 @@ class Limits:
     upload_idle_seconds: float = 120.0
     upload_request_seconds: float = 6 * 3600
     export_tasks_per_account: int = 8
+    uploads_per_account: int = 20  # uploads not yet consumed by an import
+    upload_bytes_per_account: int = 256 * GiB  # their declared sizes, summed
+    tasks_per_account: int = 100  # tasks queued or running
+    exports_per_account: int = 200  # export files kept in buckets
+    export_ttl_seconds: float = 7 * 24 * 3600  # an export file is deleted this long after it was written
+    requests_per_second: float = 100.0  # CVM API calls per account per API process (token bucket); 0: no limit
+    request_burst: int = 200  # calls an idle account may make at once
     task_lease_seconds: float = 30.0
     gc_grace_seconds: float = 3600.0
     sync_bytes_per_second: int = 0  # pace of SyncImages copies between stores; 0: as fast as the disks go

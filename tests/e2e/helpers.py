@@ -76,3 +76,23 @@ def wait_task(server: Server, account: Account, task_id: int, timeout: float = 1
         return task if task["TaskState"] in ("SUCCESS", "FAILED") else None
 
     return wait_for(done, timeout=timeout, what=f"task {task_id}")
+
+
+def catalog_task_result(server: Server, task_id: int) -> dict[str, Any]:
+    """A task's whole result as the catalog holds it: the operator's view, with the store-level figures
+    (BytesCopied, new_bytes, ...) that DescribeTasks leaves out for other accounts."""
+    import json
+
+    from sqlalchemy import select
+
+    from stratus.catalog.db import open_database
+    from stratus.catalog.models import Task
+
+    db = open_database(server.env["STRATUS_DATABASE_URL"])
+    try:
+        with db.read() as s:
+            raw = s.scalar(select(Task.result).where(Task.id == task_id))
+    finally:
+        db.dispose()
+    assert raw is not None, f"task {task_id} has no result"
+    return json.loads(raw)

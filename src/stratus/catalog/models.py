@@ -181,9 +181,13 @@ class Upload(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     received: Mapped[int] = mapped_column(BigInteger, default=0)
     declared_format: Mapped[str | None] = mapped_column(String(16), nullable=True)
-    state: Mapped[str] = mapped_column(String(16), default="UPLOADING")  # UPLOADING COMPLETE
+    state: Mapped[str] = mapped_column(String(16), default="UPLOADING")  # UPLOADING COMPLETE CONSUMED
     created_at: Mapped[float] = mapped_column(Float, default=now)
     expires_at: Mapped[float] = mapped_column(Float)
+    # The PUT that may append (compare-and-set on `received`), and until when: a crashed writer's claim lapses.
+    writer: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    writer_until: Mapped[float | None] = mapped_column(Float, nullable=True)
+    image_id: Mapped[str | None] = mapped_column(String(16), nullable=True)  # the import that consumed it
 
 
 class ExportObject(Base):

@@ -137,6 +137,15 @@ def upload_file(ep: Endpoint, path: Path, declared_format: str | None = None) ->
                 received = r.json()["Response"]["Received"] if r.status_code == 200 else start
                 progress.update(bar, completed=received)
                 continue
+            if r.status_code == 409 and "Received" in r.json().get("Response", {}):
+                # Our earlier request is still being read, or landed: resume where the server says.
+                attempts += 1
+                if attempts > 5:
+                    die(f"upload refused: {_data_error(r)}", EXIT_REFUSED)
+                time.sleep(min(2**attempts, 10))
+                received = r.json()["Response"]["Received"]
+                progress.update(bar, completed=received)
+                continue
             if r.status_code != 200:
                 die(f"upload refused: {_data_error(r)}", EXIT_REFUSED)
             received = r.json()["Response"]["Received"]
@@ -368,7 +377,8 @@ def copy(
     json_out: bool = JsonOpt,
 ) -> None:
     """Copy an image into other regions (SyncImages), with progress. Only the chunks a region's store
-    lacks are sent; prints each copy's region, id and the bytes that crossed."""
+    lacks are sent; prints each copy's region, id and state (and, for an operator account, the bytes that
+    crossed: other accounts don't learn what the store already held)."""
     ep = Endpoint(endpoint, region)
     params: dict[str, Any] = {"ImageIds": [image_id], "DestinationRegions": _split(to), "ImageSetRequired": True}
     if name:

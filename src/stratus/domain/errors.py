@@ -75,6 +75,7 @@ UnsupportedOperation = _error("UnsupportedOperation", "{detail}")
 InvalidRequest = _error("InvalidRequest", "{detail}")
 UnauthorizedOperation = _error("UnauthorizedOperation", "{detail}")
 LimitExceeded = _error("LimitExceeded", "{detail}")
+RequestLimitExceeded = _error("RequestLimitExceeded", "Too many requests: {detail}.")
 ResourceNotFound = _error("ResourceNotFound", "{detail}")
 InvalidRegionNotFound = _error(
     "InvalidRegion.NotFound", "The region {region!r} does not exist; DescribeRegions lists the regions."

@@ -32,6 +32,7 @@ from stratus.service.images import (
 )
 from stratus.service.instance_tasks import vm_spec
 from stratus.service.instances import GiB, check_operable, get_owned, instance_dir
+from stratus.service.limits import check_tasks
 from stratus.service.manifests import load_manifest, record_manifest
 from stratus.storage.capture import capture_disk
 from stratus.tasks.runner import TaskContext, enqueue
@@ -109,6 +110,7 @@ def create_image(
             _commit_or_duplicate(s, name, region)
             inst.latest_operation, inst.latest_operation_state, inst.latest_operation_error = (
                 "CreateImage", "OPERATING", None)
+            check_tasks(svc, s, caller.account_id)  # limits.tasks_per_account
             enqueue(s, "capture", {"instance_id": inst.id, "disk_ids": [d.id for d in chosen],
                                    "force_poweroff": force_poweroff},
                     account_id=caller.account_id, region=region, image_id=image_id)

@@ -1,23 +1,30 @@
-"""The `export` task: write each exported disk into its bucket, in the requested format.
+"""The `export` task: write each exported disk into its bucket, in the requested format; and the expiry
+of exported files.
 
-Each attempt writes its own `<key>.part-<task>-a<attempt>` and renames it over the key inside the fenced
-transaction that records the object DONE: an execution that lost its lease never replaces a file.
+Each attempt writes its own `<key>.part-<task>-a<attempt>` and renames it over the key durably (file fsynced,
+rename, directory fsynced) inside the fenced transaction that records the object DONE: an execution that lost its
+lease never replaces a file. Only one export of a key runs at a time (ExportImages refuses a second while the
+first is PENDING).
 """
 
 from __future__ import annotations
 
 import glob
-import os
+import logging
+import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from stratus.catalog.models import ExportObject
 from stratus.service.context import Services
 from stratus.service.manifests import ManifestMissing, load_manifest
+from stratus.storage.dirstore import durable_replace
 from stratus.storage.export import export_disk
 from stratus.tasks.runner import TaskContext
+
+log = logging.getLogger(__name__)
 
 
 class ExportHandler:
@@ -57,11 +64,11 @@ class ExportHandler:
             result = {"CosPaths": ["/" + item["key"] for item in items]}
             with ctx.fenced() as s:
                 # The rename happens while we hold the task (row lock / write lock): no takeover between.
-                os.replace(part, dest)
+                durable_replace(part, dest)
                 s.execute(
                     update(ExportObject)
                     .where(ExportObject.region == ctx.region, ExportObject.bucket == ctx.payload["bucket"],
-                           ExportObject.key == item["key"])
+                           ExportObject.key == item["key"], ExportObject.task_id == ctx.task_id)
                     .values(state="DONE", size=size)
                 )
                 if last:
@@ -84,3 +91,20 @@ class ExportHandler:
         bucket_dir = self._bucket_dir(ctx)
         for item in ctx.payload.get("items", []):
             self._remove_parts(bucket_dir / item["key"], ctx.task_id)
+
+
+def expire_exports(svc: Services, now: float | None = None) -> int:
+    """Delete exported files (and their rows) older than `limits.export_ttl_seconds`; never one whose export
+    is still PENDING. Returns how many were removed."""
+    now = time.time() if now is None else now
+    cutoff = now - svc.settings.limits.export_ttl_seconds
+    with svc.db.write() as s:
+        stale = s.scalars(select(ExportObject).where(ExportObject.created_at < cutoff,
+                                                     ExportObject.state.in_(("DONE", "FAILED")))).all()
+        for obj in stale:
+            region = svc.settings.region(obj.region)
+            bucket = region.bucket(obj.bucket) if region else None
+            if bucket is not None:
+                (bucket.path / obj.key).unlink(missing_ok=True)
+            s.delete(obj)
+        return len(stale)

@@ -21,6 +21,7 @@ from stratus.catalog.models import Account, ExportObject, Image, ImageDisk, Imag
 from stratus.domain import errors, ids, os_catalog
 from stratus.domain.states import BUSY_STATES, ImageSource, ImageState, ImageType
 from stratus.service.context import Caller, Services
+from stratus.service.limits import check_tasks, lock_account
 from stratus.tasks.runner import enqueue
 
 MAX_FILTERS = 10
@@ -367,6 +368,11 @@ def _check_source_url(svc: Services, s: Session, caller: Caller, url: str, force
             raise errors.InvalidParameterUrlError(
                 detail=f"No upload {upload_id!r}; upload the file first with `stratus image import FILE`."
             )
+        if upload.state == "CONSUMED":
+            raise errors.InvalidParameterUrlError(
+                detail=f"Upload {upload_id} was already imported as {upload.image_id}; an upload is consumed by "
+                "one import. Upload the file again to import it again."
+            )
         if upload.state != "COMPLETE":
             raise errors.InvalidParameterUrlError(
                 detail=f"Upload {upload_id} has {upload.received} of {upload.size} bytes; finish it first."
@@ -379,6 +385,20 @@ def _check_source_url(svc: Services, s: Session, caller: Caller, url: str, force
     if url.lower().split("?")[0].endswith(".iso") and not force:
         raise errors.ISOMustImportByForce()
     return {"url": url}
+
+
+def _consume_upload(s: Session, upload_id: str, image_id: str) -> None:
+    """Compare-and-set COMPLETE → CONSUMED: of two imports naming one upload (or one import naming it twice),
+    exactly one gets it. On PostgreSQL the loser's UPDATE waits for the winner's row lock, then matches nothing."""
+    taken = s.execute(
+        update(Upload).where(Upload.id == upload_id, Upload.state == "COMPLETE")
+        .values(state="CONSUMED", image_id=image_id).execution_options(synchronize_session=False)
+    ).rowcount
+    if taken != 1:
+        raise errors.InvalidParameterUrlError(
+            detail=f"Upload {upload_id} is already being imported (or named twice in this request); an upload is "
+            "consumed by one import. Upload the file again to import it again."
+        )
 
 
 def import_image(svc: Services, caller: Caller, region: str, req: ImportRequest) -> str | None:
@@ -442,6 +462,10 @@ def import_image(svc: Services, caller: Caller, region: str, req: ImportRequest)
             image.tags = [ImageTag(key=k, value=v) for k, v in req.tags]
             s.add(image)
             _commit_or_duplicate(s, req.name, region)
+            for src in sources:
+                if "upload_id" in src:
+                    _consume_upload(s, src["upload_id"], image_id)
+            check_tasks(svc, s, caller.account_id)  # limits.tasks_per_account
             enqueue(
                 s, "import", {"disks": sources, "force": req.force},
                 account_id=caller.account_id, region=region, image_id=image_id,
@@ -520,7 +544,10 @@ def delete_images(svc: Services, caller: Caller, region: str, image_ids: list[st
             if s.scalar(select(func.count()).select_from(ImageShare).where(ImageShare.image_id == image_id)):
                 raise errors.InvalidImageIdInShared(image_id=image_id)
             in_flight = (Task.state.in_(("QUEUED", "RUNNING")))
-            if s.scalar(select(Task.id).where(in_flight, Task.image_id == image_id, Task.kind == "export")):
+            # An export of several images has no Task.image_id: its export objects name each image.
+            if s.scalar(select(Task.id).where(in_flight, Task.image_id == image_id, Task.kind == "export")) or \
+                    s.scalar(select(ExportObject.task_id).where(ExportObject.image_id == image_id,
+                                                                ExportObject.state == "PENDING").limit(1)):
                 raise errors.MutexOperationTaskRunning(
                     detail=f"The image {image_id} is being exported; delete it when the export finishes."
                 )
@@ -607,6 +634,7 @@ def export_images(
         raise errors.BucketNotFound(bucket=bucket, region=region, known=", ".join(b.name for b in reg.buckets))
     qemu_fmt, ext = EXPORT_FORMATS[fmt]
     with svc.db.write() as s:
+        lock_account(svc, s, caller.account_id)  # the limits below are counted one request at a time
         running = s.scalar(
             select(func.count()).select_from(Task).where(
                 Task.kind == "export", Task.account_id == caller.account_id, Task.state.in_(("QUEUED", "RUNNING"))
@@ -617,7 +645,8 @@ def export_images(
             raise errors.ExportImageTaskLimitExceeded(running=running, limit=limit)
         items: list[dict[str, Any]] = []
         for n, image_id in enumerate(image_ids):
-            image = get_visible(s, caller, region, image_id)
+            # Locked like DeleteImages locks it: a delete and an export of one image are serialized.
+            image = get_visible(s, caller, region, image_id, for_update=svc.db.is_postgresql)
             kind = image_type(image, caller)
             if kind is ImageType.SHARED:
                 raise errors.SharedImageExportUnsupported(image_id=image_id)
@@ -636,25 +665,53 @@ def export_images(
                     "manifest": disk.manifest_digest,
                     "key": f"{prefix}{image_id}_{role}_{disk.snapshot_id}.{ext}",
                 })
+        replaced = _check_export_keys(svc, s, caller, region, bucket, [item["key"] for item in items])
         if dry_run:
             return None
+        check_tasks(svc, s, caller.account_id)  # limits.tasks_per_account
         task = enqueue(
             s, "export", {"bucket": bucket, "format": qemu_fmt, "items": items},
             account_id=caller.account_id, region=region,
             image_id=image_ids[0] if len(image_ids) == 1 else None,
         )
+        for existing in replaced:
+            s.delete(existing)
+        s.flush()
         for item in items:
-            existing = s.get(ExportObject, (region, bucket, item["key"]))
-            if existing is not None:
-                if existing.account_id != caller.account_id:  # pragma: no cover - keys embed the owner's ids
-                    raise errors.InternalError()
-                s.delete(existing)
-                s.flush()
             s.add(ExportObject(region=region, bucket=bucket, key=item["key"], account_id=caller.account_id,
                                task_id=task.id, image_id=item["image_id"]))
         task_id = task.id
     svc.on_task_queued()
     return ExportStarted(task_id, ["/" + item["key"] for item in items])
+
+
+def _check_export_keys(svc: Services, s: Session, caller: Caller, region: str, bucket: str, keys: list[str]
+                       ) -> list[ExportObject]:
+    """The export objects the new export replaces. Refuses a key named twice, a key whose export is still
+    running (two tasks would write one file), and going past `limits.exports_per_account` files kept."""
+    if len(set(keys)) != len(keys):
+        dup = next(k for k in keys if keys.count(k) > 1)
+        raise errors.InvalidParameterValueDuplicate(
+            detail=f"The export names the file {dup!r} twice; list each image once (or give distinct prefixes)."
+        )
+    existing = s.scalars(select(ExportObject).where(ExportObject.region == region, ExportObject.bucket == bucket,
+                                                    ExportObject.key.in_(keys))).all()
+    for obj in existing:
+        if obj.account_id != caller.account_id:  # pragma: no cover - keys embed the owner's ids
+            raise errors.InternalError()
+        if obj.state == "PENDING":
+            raise errors.MutexOperationTaskRunning(
+                detail=f"/{obj.key} is being exported by task {obj.task_id}; export it again when that finishes."
+            )
+    kept = s.scalar(select(func.count()).select_from(ExportObject)
+                    .where(ExportObject.account_id == caller.account_id)) or 0
+    limit = svc.settings.limits.exports_per_account
+    if kept - len(existing) + len(keys) > limit:
+        raise errors.LimitExceeded(
+            detail=f"You keep {kept} exported files; {len(keys)} more would pass the limit of {limit} "
+            "(limits.exports_per_account). Exported files expire after limits.export_ttl_seconds."
+        )
+    return list(existing)
 
 
 # --------------------------------------------------------------------------- operator: publish

@@ -26,6 +26,7 @@ from stratus.domain.states import InstanceState
 from stratus.service.bases import base_path, bases_dir, ensure_base, release_unused_bases
 from stratus.service.context import Services
 from stratus.service.instances import GiB, instance_dir, set_states
+from stratus.storage.dirstore import durable_replace
 from stratus.tasks.runner import TaskContext, TaskLost
 
 log = logging.getLogger(__name__)
@@ -198,7 +199,7 @@ class InstanceHandler:
         try:
             with ctx.fenced() as s:
                 # Renamed while we hold the task: a stale reset never replaces the disk under a live one.
-                new_path.replace(system.path)  # the old system disk is gone in one rename
+                durable_replace(new_path, system.path)  # the old system disk is gone in one rename, fsynced
                 row = s.get(Instance, inst.id)
                 assert row is not None
                 row.image_id = payload["image_id"]

@@ -26,6 +26,7 @@ from stratus.domain import errors, ids
 from stratus.domain.states import INSTANCE_BUSY, ImageState, InstanceState
 from stratus.service.context import Caller, Services
 from stratus.service.images import escape_like, find_instance_type, get_visible
+from stratus.service.limits import check_tasks
 from stratus.tasks.runner import enqueue
 
 GiB = 1024**3
@@ -242,6 +243,7 @@ def run_instances(svc: Services, caller: Caller, region: str, spec: RunSpec, req
         if spec.client_token:
             s.add(RunRequest(owner_id=caller.account_id, region=region, client_token=spec.client_token,
                              params_digest=digest, instance_ids=json.dumps(instance_ids)))
+        check_tasks(svc, s, caller.account_id)  # limits.tasks_per_account
         enqueue(s, "launch", {"instance_ids": instance_ids}, account_id=caller.account_id, region=region,
                 image_id=image.id)
     svc.on_task_queued()
@@ -368,6 +370,7 @@ def change_instances(svc: Services, caller: Caller, region: str, action: str, in
             inst.state = transitional or inst.state
             inst.latest_operation, inst.latest_operation_state = action, "OPERATING"
             inst.latest_operation_request_id, inst.latest_operation_error = request_id, None
+        check_tasks(svc, s, caller.account_id)  # limits.tasks_per_account
         enqueue(s, "instance", {"op": OP_NAMES[action], "instance_ids": unique, "force": force, "previous": previous},
                 account_id=caller.account_id, region=region)
     svc.on_task_queued()
@@ -406,6 +409,7 @@ def reset_instance(svc: Services, caller: Caller, region: str, instance_id: str,
             payload["user_data"] = base64.b64encode(decoded).decode()
         if host_name:
             payload["host_name"] = host_name
+        check_tasks(svc, s, caller.account_id)  # limits.tasks_per_account
         enqueue(s, "instance", payload, account_id=caller.account_id, region=region, image_id=image.id)
     svc.on_task_queued()
 

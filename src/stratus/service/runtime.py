@@ -63,8 +63,10 @@ def start_workers(svc: Services) -> TaskRunner:
 
 
 def _housekeeping(svc: Services, runner: TaskRunner, every: float = 600.0) -> None:
-    """Expire uploads nobody imported, and refresh the planner's statistics as the catalog grows."""
+    """Expire uploads nobody imported and exported files past their time, and refresh the planner's
+    statistics as the catalog grows."""
     from stratus.catalog.migrate import analyze
+    from stratus.service.export_task import expire_exports
     from stratus.service.uploads import expire_uploads
 
     while not runner.stopping.wait(every):
@@ -72,6 +74,9 @@ def _housekeeping(svc: Services, runner: TaskRunner, every: float = 600.0) -> No
             expired = expire_uploads(svc)
             if expired:
                 log.info("expired %d uploads", expired)
+            expired = expire_exports(svc)
+            if expired:
+                log.info("expired %d exported files", expired)
             analyze(svc.db)
         except Exception:
             log.exception("housekeeping failed; trying again in %s s", every)

@@ -49,6 +49,7 @@ from stratus.service.images import (
     reserve_quota,
     validate_name,
 )
+from stratus.service.limits import check_tasks
 from stratus.service.manifests import ManifestMissing, read_manifests, record_manifest
 from stratus.storage.copy import CopyInterrupted, CopyProgress, copy_chunks
 from stratus.tasks.runner import TaskCancelled, TaskContext, TaskLost, enqueue
@@ -198,6 +199,7 @@ def sync_images(
                     s.flush()
                 except IntegrityError:  # raced past check_name_free; the unique key decides
                     raise errors.InvalidImageNameDuplicate(name=name, region=dest) from None
+                check_tasks(svc, s, caller.account_id)  # limits.tasks_per_account
                 task = enqueue(s, TASK_KIND, payload, account_id=caller.account_id, region=dest, image_id=copy.id)
                 copies.append(SyncedImage(copy.id, dest, task.id))
     except DryRunPassed:

@@ -140,12 +140,28 @@ def _buffer_address(data: bytes | bytearray | memoryview) -> int | None:
         return None
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Make the entries of a directory (names created, renamed or removed in it) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_fsync_dir = fsync_dir
+
+
+def durable_replace(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> None:
+    """Rename a finished file over ``dest`` so that, after a crash, ``dest`` holds either the old file or
+    the whole new one: the bytes are fsynced before the rename, the directory after it."""
+    fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(src, dest)
+    fsync_dir(os.path.dirname(os.path.abspath(dest)))
 
 
 def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
@@ -540,6 +556,8 @@ def _classify(entry: os.DirEntry[str], prefix: str) -> ChunkInfo | TempFile | No
 
 
 __all__ = [
+    "durable_replace",
+    "fsync_dir",
     "ChunkCorrupt",
     "ChunkInfo",
     "ChunkMissing",

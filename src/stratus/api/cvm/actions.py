@@ -131,7 +131,7 @@ def describe_tasks(call: Call) -> dict[str, Any]:
     objects = images.export_objects_of(call.svc, [t.id for t in tasks])
     return {
         "TotalCount": len(tasks),
-        "TaskSet": [shapes.task(t, ["/" + o.key for o in objects.get(t.id, [])]) for t in tasks],
+        "TaskSet": [shapes.task(t, call.caller, ["/" + o.key for o in objects.get(t.id, [])]) for t in tasks],
     }
 
 

@@ -16,6 +16,7 @@ from stratus.api.cvm.registry import ACTIONS
 from stratus.api.cvm.table import Call
 from stratus.domain import errors
 from stratus.service.context import Services
+from stratus.service.limits import RateLimiter
 
 VERSION = "2017-03-12"
 
@@ -34,7 +35,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _dispatch(svc: Services, request: Request, body: bytes, request_id: str) -> dict:
+def _dispatch(svc: Services, request: Request, body: bytes, request_id: str, rate: RateLimiter) -> dict:
     headers = request.headers
     if "authorization" not in headers and (b"Signature=" in body or "Signature=" in request.url.query):
         raise errors.AuthFailureInvalidAuthorization(
@@ -42,6 +43,7 @@ def _dispatch(svc: Services, request: Request, body: bytes, request_id: str) -> 
             "(the SDK and tccli default)"
         )
     caller = authenticate(svc, request, body)
+    rate.take(caller.account_id)  # RequestLimitExceeded past limits.requests_per_second (per process)
     version = headers.get("x-tc-version")
     if version is None:
         raise errors.MissingParameter(name="Version (the X-TC-Version header)")
@@ -74,12 +76,13 @@ def _dispatch(svc: Services, request: Request, body: bytes, request_id: str) -> 
 
 def make_endpoint(svc: Services):  # type: ignore[no-untyped-def]
     limit = svc.settings.limits.max_request_bytes
+    rate = RateLimiter(svc.settings.limits.requests_per_second, svc.settings.limits.request_burst)
 
     async def endpoint(request: Request) -> Response:
         request_id = str(uuid.uuid4())
         try:
             body = await read_body(request, limit)
-            fields = await run_in_threadpool(_dispatch, svc, request, body, request_id)
+            fields = await run_in_threadpool(_dispatch, svc, request, body, request_id, rate)
         except Exception as exc:
             return envelope.failure(exc, request_id)
         return envelope.success(request_id, fields)

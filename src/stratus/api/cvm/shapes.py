@@ -11,6 +11,8 @@ from typing import Any
 from sqlalchemy import select
 
 from stratus.catalog.models import Image, Instance, Task
+from stratus.domain.redact import redact_paths
+from stratus.service import disclosure
 from stratus.service.context import Caller, Services
 from stratus.service.images import image_type
 
@@ -29,6 +31,7 @@ def gib(size: int) -> int:
 
 def image(img: Image, caller: Caller) -> dict[str, Any]:
     system = img.disks[0] if img.disks else None
+    owner = disclosure.sees_lineage(img, caller)  # lineage may name another account's resources
     return {
         "ImageId": img.id,
         "OsName": img.os_name,
@@ -53,35 +56,36 @@ def image(img: Image, caller: Caller) -> dict[str, Any]:
         "ImageDeprecated": img.deprecated,
         "CdcCacheStatus": "",
         # Extensions (the SDK ignores unknown fields): why an image failed, progress, lineage, sizes.
-        "ImageStateReason": img.state_reason,
+        "ImageStateReason": redact_paths(img.state_reason),
         "ImageProgress": round(img.progress, 1),
         "BootMode": img.boot_mode,
-        "SourceImageId": img.source_image_id,
-        "SourceRegion": img.source_region,
-        "SourceInstanceId": img.source_instance_id,
-        "SourceUrl": img.source_url if img.owner_id == caller.account_id else None,
+        "SourceImageId": img.source_image_id if owner else None,
+        "SourceRegion": img.source_region if owner else None,
+        "SourceInstanceId": img.source_instance_id if owner else None,
+        "SourceUrl": img.source_url if owner else None,
         "DiskSet": [
             {"SnapshotId": d.snapshot_id, "DiskUsage": d.usage, "VirtualSize": d.virtual_size,
-             "StoredBytes": d.stored_bytes, "SourceFormat": d.source_format, "ManifestDigest": d.manifest_digest}
+             "StoredBytes": d.stored_bytes, "SourceFormat": d.source_format,
+             "ManifestDigest": d.manifest_digest if owner else None}
             for d in img.disks
         ],
     }
 
 
-def task(t: Task, cos_paths: list[str] | None = None) -> dict[str, Any]:
+def task(t: Task, caller: Caller, cos_paths: list[str] | None = None) -> dict[str, Any]:
     return {
         "TaskId": t.id,
         "TaskType": t.kind,
         "TaskState": {"QUEUED": "PENDING", "RUNNING": "RUNNING", "DONE": "SUCCESS", "FAILED": "FAILED"}[t.state],
         "Stage": t.stage,
         "Progress": round(t.progress, 1),
-        "ErrorMessage": t.error,
+        "ErrorMessage": redact_paths(t.error),
         "ImageId": t.image_id,
         "CreatedTime": iso_time(t.created_at),
         "FinishedTime": iso_time(t.finished_at),
         "CosPaths": cos_paths or [],
-        # What the finished task reports, e.g. a sync's BytesCopied (docs/api.md, DescribeTasks).
-        "Result": json.loads(t.result) if t.result else None,
+        # What the finished task reports (docs/api.md, DescribeTasks), without store-level figures.
+        "Result": disclosure.task_result(json.loads(t.result), caller) if t.result else None,
     }
 
 
@@ -130,7 +134,7 @@ def instance(svc: Services, inst: Instance, os_name: str) -> dict[str, Any]:
         "LatestOperation": inst.latest_operation,
         "LatestOperationState": inst.latest_operation_state,
         "LatestOperationRequestId": inst.latest_operation_request_id,
-        "LatestOperationErrorMsg": inst.latest_operation_error or "",
+        "LatestOperationErrorMsg": redact_paths(inst.latest_operation_error) or "",
         "DisasterRecoverGroupId": "",
         "IPv6Addresses": None,
         "CamRoleName": "",
@@ -143,7 +147,7 @@ def instance(svc: Services, inst: Instance, os_name: str) -> dict[str, Any]:
         "DefaultLoginPort": 22,
         "LatestOperationErrorMsgDetail": None,
         # Extensions: why an instance failed or stopped on its own, and how it runs.
-        "InstanceStateReason": inst.state_reason,
+        "InstanceStateReason": redact_paths(inst.state_reason),
         "ComputeDriver": inst.driver,
         "HostName": inst.host_name,
     }

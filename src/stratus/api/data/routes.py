@@ -34,6 +34,9 @@ COMMIT_EVERY = 256 * 1024 * 1024  # make progress durable at least this often du
 _STATUS = {
     "ResourceNotFound": 404,
     "InvalidParameterValue": 409,
+    "ResourceInUse": 409,
+    "LimitExceeded": 403,
+    "RequestLimitExceeded": 429,
     "InvalidParameterValue.TooLarge": 413,
     "RequestSizeLimitExceeded": 413,
     "RequestTimeout": 408,
@@ -43,6 +46,11 @@ _STATUS = {
 def _error(exc: BaseException, request_id: str) -> Response:
     code = getattr(exc, "code", "InternalError")
     status = 401 if code.startswith("AuthFailure") else _STATUS.get(code, 400 if code != "InternalError" else 500)
+    if isinstance(exc, uploads.UploadConflict):
+        # The offset to resume from, beside the error: a client needs no second request to find it.
+        body = envelope.error_body(exc, request_id)
+        body["Response"]["Received"] = exc.received
+        return Response(json.dumps(body).encode(), status_code=status, headers={"Content-Type": "application/json"})
     return envelope.failure(exc, request_id, status)
 
 
@@ -124,11 +132,12 @@ def routes(svc: Services) -> list[Route]:
             offset_raw = request.query_params.get("offset", "")
             if not offset_raw.isdigit():
                 raise errors.MissingParameter(name="offset")
-            status = await run_in_threadpool(uploads.begin_append, svc, caller, upload_id, int(offset_raw))
+            # The claim is the compare-and-set: only one PUT at a time appends, from the offset the catalog holds.
+            status = await run_in_threadpool(uploads.begin_append, svc, caller, upload_id, int(offset_raw), rid)
         except Exception as exc:
             return _error(exc, rid)
-        received = status.received
-        committed = received
+        received = committed = status.received
+        claim_until = status.claim_until or 0.0
         fd = os.open(uploads.path_of(svc, upload_id), os.O_WRONLY | os.O_CREAT, 0o600)
         try:
             try:
@@ -138,17 +147,19 @@ def routes(svc: Services) -> list[Route]:
                         raise errors.InvalidParameterValue(
                             detail=f"Upload {upload_id} is {status.size} bytes; the body runs past its end."
                         )
+                    # Renew the claim (a commit) before half of it is gone, and before writing: a writer that
+                    # was paused past its claim finds it taken here and stops without touching the file.
+                    if received - committed >= COMMIT_EVERY or \
+                            time.time() >= claim_until - uploads.CLAIM_SECONDS / 2:
+                        renewed = await run_in_threadpool(uploads.commit_append, svc, caller, upload_id, fd,
+                                                          committed, received, rid)
+                        committed, claim_until = received, renewed.claim_until or 0.0
                     os.pwrite(fd, chunk, received)
                     received += len(chunk)
-                    if received - committed >= COMMIT_EVERY:
-                        await run_in_threadpool(uploads.commit_append, svc, caller, upload_id, fd, received)
-                        committed = received
             finally:
                 # Whatever arrived before a disconnect or an error is kept: the client resumes from here.
-                if received != committed:
-                    status = await run_in_threadpool(uploads.commit_append, svc, caller, upload_id, fd, received)
-                else:
-                    status = await run_in_threadpool(uploads.get_upload, svc, caller, upload_id)
+                status = await run_in_threadpool(uploads.commit_append, svc, caller, upload_id, fd, committed,
+                                                 received, rid, release=True)
         except Exception as exc:
             return _error(exc, rid)
         finally:

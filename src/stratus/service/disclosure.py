@@ -1,0 +1,39 @@
+"""What an account may learn of the store and of other accounts' resources (no cross-account oracle).
+
+Chunks are shared across accounts in a region's store, so how many bytes an import or a copy *wrote* says
+whether someone else already had the same data. Such store-level figures are kept in the task's result for the
+operator (operator accounts and the server log) and left out of what any other account reads; an account sees
+per-image figures only (the bytes of its image, which it could compute from its own disk).
+
+Lineage (the image or instance an image was made from, the region and URL it came from, its manifest digest)
+can name another account's resources; it is shown to the image's owner only, never to a grantee of a shared
+image or a viewer of a public one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stratus.catalog.models import Image
+from stratus.service.context import Caller
+
+# Keys of task results that measure the store rather than the image: how much was new, or already there.
+STORE_FIGURES = frozenset({"new_bytes", "BytesCopied", "ChunksCopied", "BytesPresent", "ChunksPresent"})
+
+
+def _without_store_figures(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_store_figures(v) for k, v in value.items() if k not in STORE_FIGURES}
+    if isinstance(value, list):
+        return [_without_store_figures(v) for v in value]
+    return value
+
+
+def task_result(result: Any, caller: Caller) -> Any:
+    """A task's result as ``caller`` (its owner) may read it."""
+    return result if caller.is_operator else _without_store_figures(result)
+
+
+def sees_lineage(image: Image, caller: Caller) -> bool:
+    """Whether ``caller`` may see where ``image`` came from (source image, instance, region, URL, manifest)."""
+    return image.owner_id == caller.account_id
