@@ -61,6 +61,8 @@ def _dispatch(svc: Services, request: Request, body: bytes, request_id: str) -> 
             raw = json.loads(body or b"{}")
         except (ValueError, UnicodeDecodeError):
             raise errors.InvalidParameter(detail="The request body is not valid JSON.") from None
+        except RecursionError:  # json's C scanner gives up on deep nesting with RecursionError, not ValueError
+            raise errors.InvalidParameter(detail="The request body is nested too deeply.") from None
         params = validate(raw, action.schema, name)
     else:
         params = validate(unflatten(request.url.query), action.schema, name, coerce=True)
