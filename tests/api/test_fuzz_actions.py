@@ -34,6 +34,7 @@ from stratus.api.cvm.registry import ACTIONS
 from stratus.api.cvm.signing import sign
 from stratus.config import load_settings
 from stratus.domain import errors
+from stratus.domain.states import InstanceState, instance_state_code
 from stratus.service.runtime import prepare
 from tests.conftest import ROOT, Account, make_server
 from tests.e2e.helpers import file_server, import_request, wait_image
@@ -45,6 +46,7 @@ FUZZ = settings(max_examples=EXAMPLES, derandomize=not LONG, deadline=None, data
                                        HealthCheck.filter_too_much, HealthCheck.large_base_example])
 HOST = "testserver"
 CODES = {cls.code for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, errors.CvmError)}
+CODES |= {instance_state_code(s) for s in InstanceState}  # InstanceStateError's code follows the state
 
 
 class World:
@@ -204,6 +206,16 @@ def test_every_documented_action_is_fuzzed() -> None:
     assert set(ACTIONS) <= documented, set(ACTIONS) - documented
 
 
+def test_the_fixture_reaches_real_objects(world: World) -> None:
+    """First, while they exist: the fuzz is only worth something if signed requests reach the action code
+    with ids that exist."""
+    body = contract_answer(post(world, "DescribeImages", json.dumps({"ImageIds": [world.image_id]}).encode()))
+    assert body["ImageSet"][0]["ImageState"] == "NORMAL"
+    body = contract_answer(post(world, "DescribeInstances",
+                                json.dumps({"InstanceIds": [world.instance_id]}).encode()))
+    assert body["TotalCount"] == 1
+
+
 @pytest.mark.parametrize("action", sorted(ACTIONS))
 def test_json_bodies(world: World, action: str) -> None:
     @FUZZ
@@ -250,6 +262,9 @@ def test_flattened_queries(world: World, action: str) -> None:
 @example(action="DeleteImages", body=json.dumps({"ImageIds": ["img-00000000"] * 40000}).encode())
 @example(action="TerminateInstances", body=json.dumps({"InstanceIds": ["ins-00000000"] * 40000}).encode())
 @example(action="DescribeImages", body=b'{"Filters": [{"Name": "image-id", "Values": [null]}]}')
+@example(action="DescribeImageFromFamily", body=b'{"ImageFamily": "\\u0000"}')  # PostgreSQL: NUL in text
+@example(action="DescribeImageFromFamily", body=b'{"ImageFamily": "\\ud800"}')  # a lone surrogate: not UTF-8
+@example(action="DescribeImages", body=b'{"Filters": [{"Name": "image-name", "Values": ["\\ud800"]}]}')
 def test_garbage_bodies(world: World, action: str, body: bytes) -> None:
     contract_answer(post(world, action, body))
 
@@ -313,13 +328,3 @@ def test_still_answering_under_concurrent_garbage(world: World) -> None:
     assert not failures, failures[0]
     assert time.time() - start < 60
     still_answers(world)
-
-
-def test_the_fixture_reaches_real_objects(world: World) -> None:
-    """The fuzz is only worth something if signed requests reach the action code with ids that exist."""
-    body = contract_answer(post(world, "DescribeImages", json.dumps({"ImageIds": [world.image_id]}).encode()))
-    assert body["ImageSet"][0]["ImageState"] == "NORMAL"
-    body = contract_answer(post(world, "DescribeInstances",
-                                json.dumps({"InstanceIds": [world.instance_id]}).encode()))
-    assert body["TotalCount"] == 1
-

@@ -134,7 +134,20 @@ def _check(value: Any, spec: Any, path: str, coerce: bool, action: str) -> Any:
         raise errors.InvalidParameter(detail=f"{path} must be {_type_name(spec)}.")
     if spec is int and not INT64[0] <= value <= INT64[1]:
         raise errors.InvalidParameterValueRange(detail=f"{path} is outside the 64-bit integer range.")
+    if spec is str:
+        _check_text(value, path)
     return value
+
+
+def _check_text(value: str, path: str) -> None:
+    # PostgreSQL text can't hold NUL, and a lone surrogate (JSON "\ud800") isn't UTF-8 at all: both would
+    # fail in the database driver, far from the parameter that carried them.
+    if "\x00" in value:
+        raise errors.InvalidParameterValue(detail=f"{path} contains a NUL character.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise errors.InvalidParameterValue(detail=f"{path} is not valid Unicode (a lone surrogate).") from None
 
 
 def validate(params: Any, schema: ActionSchema, action: str, *, coerce: bool = False) -> dict[str, Any]:
