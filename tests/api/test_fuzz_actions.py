@@ -254,6 +254,7 @@ def test_flattened_queries(world: World, action: str) -> None:
 @example(action="DescribeImages", body=b'{"ImageIds": ["\xff\xfe"]}')  # invalid UTF-8
 @example(action="DescribeImages", body=b'{"Limit": 9223372036854775808}')  # beyond int64: OverflowError
 @example(action="DescribeImages", body=b'{"Offset": 9223372036854775808}')
+@example(action="DescribeImages", body=b'{"Offset": 9223372036854775807}')  # Offset + Limit overflowed SQL LIMIT
 @example(action="DescribeInstances", body=b'{"Offset": -9223372036854775809}')
 @example(action="DescribeTasks", body=b'{"TaskIds": [9223372036854775808]}')
 @example(action="GetInstanceConsoleOutput", body=b'{"InstanceId": "ins-00000000", "MaxBytes": -1}')
