@@ -18,6 +18,7 @@ import hashlib
 import logging
 import os
 import shutil
+import struct
 import subprocess
 import time
 from collections.abc import Iterator
@@ -45,11 +46,32 @@ LIMIT = 64 * hostile.MiB  # max_virtual_size: a mutated size field can't make a 
 TIME_LIMIT = 3 * qemu_img.INSPECT_LIMITS.timeout
 FORMATS = {"qcow2": "qcow2", "qcow2-compressed": "qcow2", "vmdk": "vmdk", "vmdk-stream": "vmdk", "vhd": "vhd",
            "vhdx": "vhdx"}
-# Where each format keeps its metadata: header, tables, and (vhd) the footer copy at the end.
-HOT = {"qcow2": [(0, 512), (0x10000, 0x10200), (0x20000, 0x20200), (0x30000, 0x30200)],
-       "vmdk": [(0, 512), (512, 0x10000 // 8)],
-       "vhd": [(0, 512), (512, 1024 + 64), (1536, 2048 + 64), (-512, 0)],
+# Where each format keeps its metadata: header, tables, and (vhd) the footer copy at the end. The
+# qcow2 and vmdk tables are found from the file's own header (see `hot`).
+HOT = {"vhd": [(0, 512), (512, 1024 + 64), (1536, 2048 + 64), (-512, 0)],
        "vhdx": [(0, 0x40000)]}
+
+
+def hot(name: str, data: bytes) -> list[tuple[int, int]]:
+    """Byte ranges of `data` that hold metadata: (start, end), a negative start counts from the end."""
+    family = _family(name)
+    if family == "qcow2":  # header; L1 table, refcount table, the first L2 table (qcow2 spec, big-endian)
+        l1_size, l1 = struct.unpack_from(">IQ", data, 36)
+        refcounts = struct.unpack_from(">Q", data, 48)[0]
+        l2 = struct.unpack_from(">Q", data, l1)[0] & 0x00FFFFFFFFFFFE00
+        ranges = [(0, 512), (l1, l1 + 8 * l1_size), (refcounts, refcounts + 64)]
+        return ranges + ([(l2, l2 + 4096)] if l2 else [])
+    if family == "vmdk":  # header, descriptor, grain directory and its first table, the stream footer
+        gd_sector = struct.unpack_from("<q", data, 56)[0]
+        ranges = [(0, 512), (512, 2048), (-1536, 0)]
+        if 0 < gd_sector * 512 < len(data):
+            gd = gd_sector * 512
+            gt = struct.unpack_from("<I", data, gd)[0] * 512
+            ranges += [(gd, gd + 512)] + ([(gt, gt + 2048)] if 0 < gt < len(data) else [])
+        return ranges
+    return HOT[family]
+
+
 INTERESTING = [b"\x00", b"\xff", b"\x7f\xff\xff\xff", b"\xff" * 8, b"\x80\x00\x00\x00\x00\x00\x00\x00",
                b"\x00\x00\x00\x01", b"\x00\x00\x00\x00\x00\x00\x02\x00", b"\x00\x00\x00\x03", b"\x00\x00\x00\x04"]
 
@@ -89,7 +111,7 @@ def mutations(draw: st.DrawFn, originals: Originals) -> Mutation:
     size = len(originals[name])
     patches = []
     for _ in range(draw(st.integers(1, 4))):
-        start, end = draw(st.sampled_from(HOT[_family(name)]))
+        start, end = draw(st.sampled_from(hot(name, originals[name])))
         start, end = (size + start, size + end) if start < 0 else (start, min(end, size))
         patches.append((draw(st.integers(start, max(start, end - 1))),
                         draw(st.one_of(st.sampled_from(INTERESTING), st.binary(min_size=1, max_size=8)))))
