@@ -329,3 +329,48 @@ def test_still_answering_under_concurrent_garbage(world: World) -> None:
     assert not failures, failures[0]
     assert time.time() - start < 60
     still_answers(world)
+
+
+# --------------------------------------------------------------------------- the data API (docs/api.md)
+
+
+def data_answer(resp: Any) -> None:
+    """The data API answers with real HTTP statuses, but never 5xx and never InternalError."""
+    assert resp.status_code < 500, resp.text[:500]
+    assert "Traceback" not in resp.text
+    if resp.status_code >= 400:
+        error = resp.json()["Response"]["Error"]
+        assert error["Code"] in CODES and error["Code"] != "InternalError", error
+
+
+@FUZZ
+@given(body=st.one_of(
+    st.fixed_dictionaries({}, optional={"Size": st.one_of(INTS, JSON), "Name": st.one_of(st.text(), JSON),
+                                        "Format": st.one_of(st.sampled_from(["QCOW2", "raw", "vhdx"]), JSON)}
+                          ).map(lambda d: json.dumps(d).encode()),
+    JSON.map(lambda v: json.dumps(v).encode()), st.binary(max_size=40)))
+@example(body=b'{"Size": 1, "Format": 5}')  # Format was not type-checked
+@example(body=b'{"Size": 1, "Name": ["a"]}')  # nor Name
+@example(body=b'{"Size": 9223372036854775808}')
+@example(body=b'{"Size": 1, "Name": "\\u0000"}')
+@example(body=b"[1]")  # AttributeError: list has no get() -> HTTP 500
+@example(body=b"[" * 100_000)  # RecursionError -> HTTP 500
+def test_upload_creation_bodies(world: World, body: bytes) -> None:
+    headers = sign(world.alice.secret_id, world.alice.secret_key, method="POST", host=HOST, path="/uploads",
+                   body=body)
+    data_answer(world.client.post("/uploads", content=body, headers=headers))
+
+
+@FUZZ
+@given(offset=st.one_of(st.text(max_size=25), st.integers().map(str)))
+@example(offset="\xb2")  # isdigit() but not int(): ValueError -> HTTP 500
+@example(offset="9" * 30)  # beyond int64
+def test_upload_append_offsets(world: World, offset: str) -> None:
+    body = json.dumps({"Size": 4096}).encode()
+    headers = sign(world.alice.secret_id, world.alice.secret_key, method="POST", host=HOST, path="/uploads",
+                   body=body)
+    upload_id = world.client.post("/uploads", content=body, headers=headers).json()["Response"]["UploadId"]
+    query = "offset=" + quote(offset, safe="")
+    headers = sign(world.alice.secret_id, world.alice.secret_key, method="PUT", host=HOST,
+                   path=f"/uploads/{upload_id}", query=query, content_type="application/octet-stream", body=None)
+    data_answer(world.client.put(f"/uploads/{upload_id}?{query}", content=b"x" * 512, headers=headers))

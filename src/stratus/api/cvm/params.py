@@ -8,6 +8,7 @@ flattened (`Filters.0.Values.1=x`, all values strings); they are rebuilt into JS
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -148,6 +149,23 @@ def _check_text(value: str, path: str) -> None:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise errors.InvalidParameterValue(detail=f"{path} is not valid Unicode (a lone surrogate).") from None
+
+
+def parse_json(body: bytes) -> Any:
+    """A request body as JSON (empty: {}); InvalidParameter for anything json can't read."""
+    try:
+        return json.loads(body or b"{}")
+    except (ValueError, UnicodeDecodeError):  # also an int over Python's 4300-digit limit
+        raise errors.InvalidParameter(detail="The request body is not valid JSON.") from None
+    except RecursionError:  # json's C scanner gives up on deep nesting with RecursionError, not ValueError
+        raise errors.InvalidParameter(detail="The request body is nested too deeply.") from None
+
+
+def parse_int64(value: str, name: str) -> int:
+    """A non-negative integer from a query string or header."""
+    if not re.fullmatch(r"[0-9]{1,19}", value) or int(value) > INT64[1]:
+        raise errors.InvalidParameterValue(detail=f"{name} must be a whole number from 0 to 2^63-1.")
+    return int(value)
 
 
 def validate(params: Any, schema: ActionSchema, action: str, *, coerce: bool = False) -> dict[str, Any]:
