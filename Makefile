@@ -33,9 +33,9 @@ test: deps lint
 	bash scripts/test.sh
 
 # The fuzzers alone, longer and with a random seed (README: budget); `make test` runs them small and fixed.
-FUZZ_EXAMPLES ?= 400
+FUZZ_EXAMPLES ?= 200
 fuzz: deps
-	STRATUS_FUZZ_EXAMPLES=$${STRATUS_FUZZ_EXAMPLES:-$(FUZZ_EXAMPLES)} bash scripts/test.sh \
+	STRATUS_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) bash scripts/test.sh \
 	  tests/api/test_fuzz_actions.py tests/disk/test_gate_fuzz.py
 
 bench: deps

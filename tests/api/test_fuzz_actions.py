@@ -9,7 +9,7 @@ deep nesting, invalid UTF-8, repeated GET keys, unsigned) get the same check: a 
 HTTP 200, the JSON envelope, no traceback, and the server still answering afterwards.
 
 Budget: STRATUS_FUZZ_EXAMPLES examples per action (default 12, fixed seed: `make test`); `make fuzz`
-runs 400 per action with a random seed. Examples that once found a bug stay as @example.
+runs 200 per action with a random seed. Examples that once found a bug stay as @example.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ its own) reads from the file; and no call runs past its limit. A handful of muta
 through a real server's ImportImage: NORMAL with the manifest the gate computed, or IMPORTFAILED with a
 reason.
 
-Budget: STRATUS_FUZZ_EXAMPLES examples (default 12, fixed seed, `make test`; `make fuzz`: 400, random).
+Budget: STRATUS_FUZZ_EXAMPLES examples (default 12, fixed seed, `make test`; `make fuzz`: 200, random).
 """
 
 from __future__ import annotations
