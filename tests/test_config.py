@@ -96,6 +96,7 @@ buckets = [{name = "b1", path = "/srv/b1"}, {name = "b2"}]
     ("[[regions]]\nname = '../etc'\n", "regions.0.name: must be letters, digits"),
     ("[[regions]]\nzones = ['z']\n", "regions.0.name: is required"),
     ("[[regions]]\nname = 'a'\nzones = []\n", "regions.0.zones: must not be empty"),
+    ("[[regions]]\nname = 'a'\nzones = ['']\n", "regions.0.zones.0: must not be empty"),
     ("[[regions]]\nname = 'a'\nzones = ['z', 'z']\n", "regions.0.zones: duplicate zone 'z'"),
     ("[[regions]]\nname = 'a'\ncompute = 'kvm'\n", "regions.0.compute: must be 'disk' or 'qemu'"),
     ("[[regions]]\nname = 'a'\nsync_target = 'no'\n", "regions.0.sync_target: must be true or false"),

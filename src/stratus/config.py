@@ -287,6 +287,7 @@ _MESSAGES = {
     "list_type": "must be an array",
     "model_type": "must be a table",
     "too_short": "must not be empty",
+    "string_too_short": "must not be empty",
 }
 
 
@@ -310,8 +311,6 @@ def _describe(exc: ValidationError, source: str) -> str:
             msg = f"must be {ctx.get('expected')}"
         elif kind == "string_pattern_mismatch":
             msg = "must be letters, digits, '.', '_' or '-' (at most 63, starting with a letter or digit)"
-        elif kind == "too_short" and "min_length" in ctx and isinstance(err.get("input"), str):
-            msg = "must not be empty"
         else:
             msg = _MESSAGES.get(kind, err["msg"][:1].lower() + err["msg"][1:])
         parts.append(f"{key}: {msg}")
