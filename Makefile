@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha25
 DEB_PACKAGES := $(shell grep -v '^\#' scripts/debian-packages.txt)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test deps debs lint bench soak clean
+.PHONY: run test fuzz deps debs lint bench soak clean
 
 deps: debs $(STAMP)
 
@@ -31,6 +31,12 @@ lint: deps
 
 test: deps lint
 	bash scripts/test.sh
+
+# The fuzzers alone, longer and with a random seed (README: budget); `make test` runs them small and fixed.
+FUZZ_EXAMPLES ?= 200
+fuzz: deps
+	STRATUS_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) bash scripts/test.sh \
+	  tests/api/test_fuzz_actions.py tests/disk/test_gate_fuzz.py
 
 bench: deps
 	$(BIN)/python bench/run.py

@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 
 from stratus.api.cvm.registry import ACTIONS
-from stratus.config import Limits, Quotas, Region, Settings
+from stratus.config import ConfigFile, ImportFile, InstanceType, Limits, Quotas, Region, RegionFile, Settings
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 README = (DOCS.parent / "README.md").read_text()
@@ -20,10 +20,10 @@ def test_every_action_is_in_the_api_doc() -> None:
 
 def test_every_setting_is_in_the_config_doc() -> None:
     config = (DOCS / "config.md").read_text()
-    names = [f.name for cls in (Limits, Quotas) for f in dataclasses.fields(cls)]
-    names += ["database_url", "workers", "url_allow", "chunk_size", "buckets", "zones", "display_name", "compute",
-              "instance_types"]
-    missing = [n for n in names if f"`{n}`" not in config]
+    # every key the file accepts (pydantic models), by its TOML name
+    names = [field.alias or name for cls in (ConfigFile, ImportFile, Limits, Quotas, InstanceType, RegionFile)
+             for name, field in cls.model_fields.items()]
+    missing = [n for n in names if f"`{n}`" not in config and f"`[{n}]`" not in config]
     assert not missing
     assert {f.name for f in dataclasses.fields(Settings)} >= {"data_dir", "database_url", "workers"}
     assert {f.name for f in dataclasses.fields(Region)} >= {"chunk_size", "zones", "buckets"}

@@ -1,19 +1,29 @@
 """Settings: embedded defaults, an optional TOML file, then environment overrides.
 
 Every setting is declared once, here, with its default. Precedence: defaults < `--config`/`STRATUS_CONFIG`
-file < `STRATUS_DATABASE_URL`, `STRATUS_IMPORT_URL_ALLOW` and `STRATUS_COMPUTE`.
+file < `STRATUS_DATA_DIR`, `STRATUS_DATABASE_URL`, `STRATUS_IMPORT_URL_ALLOW` and `STRATUS_COMPUTE` < the
+`--data-dir` option.
+
+The file and the environment are validated with pydantic before anything starts: an unknown key, a wrong
+type or an impossible value is one :class:`ConfigError` that names the file (or variable) and the key,
+e.g. ``stratus.toml: limits.task_lease_seconds: must be > 0``. TOML is typed, so the file is checked
+strictly (``"30"`` is not a number); the environment is text and is parsed.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from stratus.domain.manifest import DEFAULT_CHUNK_SIZE as MANIFEST_DEFAULT_CHUNK_SIZE
+from stratus.domain.manifest import check_chunk_size
 
 GiB = 1024**3
 MiB = 1024**2
@@ -22,6 +32,78 @@ MiB = 1024**2
 # make captures and copies of scattered writes about 3× smaller.
 DEFAULT_CHUNK_SIZE = MANIFEST_DEFAULT_CHUNK_SIZE
 DEFAULT_EXPORT_BUCKET = "stratus-exports"
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ConfigError(Exception):
+    """The configuration can't be used; the message is one line naming the file or variable and the key."""
+
+
+# --------------------------------------------------------------------------- value rules
+
+Positive = Annotated[int, Field(gt=0)]
+PositiveSeconds = Annotated[float, Field(gt=0)]
+# Region and bucket names become directory names: no separators, no dot-dot, nothing a shell would mangle.
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
+
+
+def _chunk_size(value: int) -> int:
+    try:
+        return check_chunk_size(value)
+    except ValueError:
+        raise ValueError("must be a power of two between 65536 (64 KiB) and 67108864 (64 MiB)") from None
+
+
+def _cidr(value: str) -> str:
+    try:
+        ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a CIDR such as 10.0.0.0/8 or 127.0.0.1/32") from None
+    return value
+
+
+def _unique(what: str):  # type: ignore[no-untyped-def]
+    def check(items: list[Any]) -> list[Any]:
+        names = [getattr(i, "name", i) for i in items]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate {what} {', '.join(map(repr, dupes))}")
+        return items
+
+    return check
+
+
+def _database_url(value: str) -> str:
+    if not re.match(r"^(sqlite|postgresql|postgres)(\+\w+)?://", value):
+        raise ValueError(f"{value!r} is not a sqlite:///PATH or postgresql://USER@HOST/DB URL")
+    return value
+
+
+NonEmpty = Annotated[str, Field(min_length=1)]
+Cidr = Annotated[str, AfterValidator(_cidr)]
+DatabaseUrl = Annotated[str, AfterValidator(_database_url)]
+Compute = Literal["disk", "qemu"]
+
+
+class _Section(BaseModel):
+    """A table of the TOML file: typed strictly, unknown keys refused, immutable once loaded."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class _Amounts(_Section):
+    """Limits and quotas: whatever a field says, an amount is never negative (also for fields added later)."""
+
+    @field_validator("*")
+    @classmethod
+    def _not_negative(cls, value: Any) -> Any:
+        if isinstance(value, (int, float)) and value < 0:
+            raise ValueError("must be >= 0")
+        return value
+
+
+# --------------------------------------------------------------------------- the settings
 
 
 @dataclass(frozen=True)
@@ -48,18 +130,17 @@ class Region:
         return next((b for b in self.buckets if b.name == name), None)
 
 
-@dataclass(frozen=True)
-class Limits:
-    max_request_bytes: int = 1 * MiB
-    max_virtual_size: int = 2048 * GiB
-    max_download_bytes: int = 64 * GiB
-    download_timeout_seconds: float = 6 * 3600
-    download_connect_timeout_seconds: float = 10
+class Limits(_Amounts):
+    max_request_bytes: Positive = 1 * MiB
+    max_virtual_size: Positive = 2048 * GiB
+    max_download_bytes: Positive = 64 * GiB
+    download_timeout_seconds: PositiveSeconds = 6 * 3600
+    download_connect_timeout_seconds: PositiveSeconds = 10
     max_redirects: int = 5
-    max_upload_bytes: int = 64 * GiB
-    upload_ttl_seconds: int = 7 * 24 * 3600
-    upload_idle_seconds: float = 120.0
-    upload_request_seconds: float = 6 * 3600
+    max_upload_bytes: Positive = 64 * GiB
+    upload_ttl_seconds: Positive = 7 * 24 * 3600
+    upload_idle_seconds: PositiveSeconds = 120.0
+    upload_request_seconds: PositiveSeconds = 6 * 3600
     export_tasks_per_account: int = 8
     uploads_per_account: int = 20  # uploads not yet consumed by an import
     upload_bytes_per_account: int = 256 * GiB  # their declared sizes, summed
@@ -68,35 +149,33 @@ class Limits:
     export_ttl_seconds: float = 7 * 24 * 3600  # an export file is deleted this long after it was written
     requests_per_second: float = 100.0  # CVM API calls per account per API process (token bucket); 0: no limit
     request_burst: int = 200  # calls an idle account may make at once
-    task_lease_seconds: float = 30.0
+    task_lease_seconds: PositiveSeconds = 30.0
     gc_grace_seconds: float = 3600.0
     sync_bytes_per_second: int = 0  # pace of SyncImages copies between stores; 0: as fast as the disks go
-    sync_max_image_bytes: int = 16384 * GiB  # largest image (all disks, virtual) SyncImages copies
-    vm_max_seconds: float = 7 * 24 * 3600
-    vm_memory_cap_mib: int = 4096
+    sync_max_image_bytes: Positive = 16384 * GiB  # largest image (all disks, virtual) SyncImages copies
+    vm_max_seconds: PositiveSeconds = 7 * 24 * 3600
+    vm_memory_cap_mib: Positive = 4096
 
 
-@dataclass(frozen=True)
-class Quotas:
+class Quotas(_Amounts):
     images_per_region: int = 500
     instances_per_region: int = 1000
 
 
-@dataclass(frozen=True)
-class InstanceType:
-    name: str
-    cpu: int
-    memory_gib: int
-    architecture: str = "x86_64"
+class InstanceType(_Section):
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    cpu: Positive
+    memory_gib: Positive
+    architecture: Literal["x86_64", "arm", "i386"] = "x86_64"
 
 
 DEFAULT_INSTANCE_TYPES: tuple[InstanceType, ...] = (
-    InstanceType("S5.SMALL1", 1, 1),
-    InstanceType("S5.SMALL2", 1, 2),
-    InstanceType("S5.MEDIUM2", 2, 2),
-    InstanceType("S5.MEDIUM4", 2, 4),
-    InstanceType("S5.LARGE8", 4, 8),
-    InstanceType("SR1.MEDIUM4", 2, 4, "arm"),
+    InstanceType(name="S5.SMALL1", cpu=1, memory_gib=1),
+    InstanceType(name="S5.SMALL2", cpu=1, memory_gib=2),
+    InstanceType(name="S5.MEDIUM2", cpu=2, memory_gib=2),
+    InstanceType(name="S5.MEDIUM4", cpu=2, memory_gib=4),
+    InstanceType(name="S5.LARGE8", cpu=4, memory_gib=8),
+    InstanceType(name="SR1.MEDIUM4", cpu=2, memory_gib=4, architecture="arm"),
 )
 
 
@@ -107,7 +186,7 @@ class Settings:
     regions: tuple[Region, ...]
     limits: Limits = field(default_factory=Limits)
     quotas: Quotas = field(default_factory=Quotas)
-    import_url_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    import_url_allow: tuple[Network, ...] = ()
     workers: int = 2
     instance_types: tuple[InstanceType, ...] = DEFAULT_INSTANCE_TYPES
 
@@ -126,38 +205,157 @@ class Settings:
         return self.data_dir / "uploads"
 
 
-DEFAULT_REGIONS: tuple[dict[str, Any], ...] = (
-    {
-        "name": "ap-guangzhou",
-        "display_name": "South China (Guangzhou)",
-        "zones": ["ap-guangzhou-1", "ap-guangzhou-2"],
-    },
-    {"name": "ap-shanghai", "display_name": "East China (Shanghai)", "zones": ["ap-shanghai-1"]},
+# --------------------------------------------------------------------------- the file and the environment
+
+
+class BucketFile(_Section):
+    name: Name
+    path: str | None = None  # default DATA_DIR/regions/<region>/buckets/<name>
+
+
+class RegionFile(_Section):
+    """A `[[regions]]` entry as written; :func:`load_settings` fills in the paths that depend on data_dir."""
+
+    name: Name
+    display_name: str | None = None  # default: the name
+    zones: Annotated[list[NonEmpty], Field(min_length=1), AfterValidator(_unique("zone"))] = []  # ["<name>-1"]
+    store: str | None = None  # the chunk store directory; default DATA_DIR/regions/<name>/store
+    host: str | None = None  # bases and instance disks; default DATA_DIR/regions/<name>/host
+    chunk_size: Annotated[int, AfterValidator(_chunk_size)] = DEFAULT_CHUNK_SIZE
+    buckets: Annotated[list[BucketFile], Field(min_length=1), AfterValidator(_unique("bucket"))] = [
+        BucketFile(name=DEFAULT_EXPORT_BUCKET)]
+    compute: Compute = "disk"
+    sync_target: bool = True
+
+
+DEFAULT_REGIONS: tuple[RegionFile, ...] = (
+    RegionFile(name="ap-guangzhou", display_name="South China (Guangzhou)", zones=["ap-guangzhou-1", "ap-guangzhou-2"]),
+    RegionFile(name="ap-shanghai", display_name="East China (Shanghai)", zones=["ap-shanghai-1"]),
 )
 
 
-def parse_networks(spec: str | list[str]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+class ImportFile(_Section):
+    url_allow: list[Cidr] = []
+
+
+class ConfigFile(_Section):
+    """The whole TOML file."""
+
+    data_dir: str | None = None
+    database_url: DatabaseUrl | None = None
+    workers: Positive = 2
+    import_: ImportFile = Field(default_factory=ImportFile, alias="import")
+    limits: Limits = Field(default_factory=Limits)
+    quotas: Quotas = Field(default_factory=Quotas)
+    instance_types: Annotated[list[InstanceType], Field(min_length=1), AfterValidator(_unique("instance type"))] = \
+        list(DEFAULT_INSTANCE_TYPES)
+    regions: Annotated[list[RegionFile], Field(min_length=1), AfterValidator(_unique("region"))] = \
+        list(DEFAULT_REGIONS)
+
+
+def _blank_is_unset(value: Any) -> Any:
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+class Environment(BaseModel):
+    """The variables that override the file. An empty one counts as unset, except STRATUS_IMPORT_URL_ALLOW,
+    where empty means "allow nothing" (overriding the file)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    STRATUS_CONFIG: str | None = None
+    STRATUS_DATA_DIR: str | None = None
+    STRATUS_DATABASE_URL: DatabaseUrl | None = None
+    STRATUS_IMPORT_URL_ALLOW: str | None = None
+    STRATUS_COMPUTE: Compute | None = None
+
+    @field_validator("STRATUS_CONFIG", "STRATUS_DATA_DIR", "STRATUS_DATABASE_URL", "STRATUS_COMPUTE", mode="before")
+    @classmethod
+    def _blank(cls, value: Any) -> Any:
+        return _blank_is_unset(value)
+
+    @field_validator("STRATUS_IMPORT_URL_ALLOW")
+    @classmethod
+    def _cidrs(cls, value: str | None) -> str | None:
+        if value is not None:
+            for item in value.split(","):
+                if item.strip():
+                    _cidr(item.strip())
+        return value
+
+
+_MESSAGES = {
+    "extra_forbidden": "unknown key",
+    "missing": "is required",
+    "int_type": "must be an integer",
+    "float_type": "must be a number",
+    "bool_type": "must be true or false",
+    "string_type": "must be a string",
+    "list_type": "must be an array",
+    "model_type": "must be a table",
+    "too_short": "must not be empty",
+    "string_too_short": "must not be empty",
+}
+
+
+def _number(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    parts = []
+    for err in exc.errors(include_url=False):
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        ctx = err.get("ctx") or {}
+        kind = err["type"]
+        if kind == "greater_than":
+            msg = f"must be > {_number(ctx.get('gt'))}"
+        elif kind == "greater_than_equal":
+            msg = f"must be >= {_number(ctx.get('ge'))}"
+        elif kind == "value_error":
+            msg = str(ctx.get("error", err["msg"]))
+        elif kind == "literal_error":
+            msg = f"must be {ctx.get('expected')}"
+        elif kind == "string_pattern_mismatch":
+            msg = "must be letters, digits, '.', '_' or '-' (at most 63, starting with a letter or digit)"
+        else:
+            msg = _MESSAGES.get(kind, err["msg"][:1].lower() + err["msg"][1:])
+        parts.append(f"{key}: {msg}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def parse_networks(spec: str | list[str]) -> tuple[Network, ...]:
     items = spec.split(",") if isinstance(spec, str) else spec
     return tuple(ipaddress.ip_network(s.strip(), strict=False) for s in items if s.strip())
 
 
-def _region(raw: dict[str, Any], data_dir: Path, compute_override: str | None) -> Region:
-    name = raw["name"]
-    base = data_dir / "regions" / name
-    buckets_raw = raw.get("buckets") or [{"name": DEFAULT_EXPORT_BUCKET}]
-    buckets = tuple(
-        Bucket(b["name"], Path(b.get("path") or base / "buckets" / b["name"])) for b in buckets_raw
-    )
+def _read_file(path: str) -> ConfigFile:
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.__class__.__name__}: {exc})") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    try:
+        return ConfigFile.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from None
+
+
+def _region(raw: RegionFile, data_dir: Path, compute_override: str | None) -> Region:
+    base = data_dir / "regions" / raw.name
     return Region(
-        name=name,
-        display_name=raw.get("display_name", name),
-        zones=tuple(raw.get("zones") or [f"{name}-1"]),
-        store_path=Path(raw.get("store") or base / "store"),
-        host_path=Path(raw.get("host") or base / "host"),
-        chunk_size=int(raw.get("chunk_size", DEFAULT_CHUNK_SIZE)),
-        buckets=buckets,
-        compute=compute_override or raw.get("compute", "disk"),
-        sync_target=bool(raw.get("sync_target", True)),
+        name=raw.name,
+        display_name=raw.display_name or raw.name,
+        zones=tuple(raw.zones or [f"{raw.name}-1"]),
+        store_path=Path(raw.store or base / "store"),
+        host_path=Path(raw.host or base / "host"),
+        chunk_size=raw.chunk_size,
+        buckets=tuple(Bucket(b.name, Path(b.path or base / "buckets" / b.name)) for b in raw.buckets),
+        compute=compute_override or raw.compute,
+        sync_target=raw.sync_target,
     )
 
 
@@ -166,29 +364,25 @@ def load_settings(
     config_file: str | Path | None = None,
     env: dict[str, str] | None = None,
 ) -> Settings:
-    env = dict(os.environ) if env is None else env
-    raw: dict[str, Any] = {}
-    config_file = config_file or env.get("STRATUS_CONFIG")
-    if config_file:
-        raw = tomllib.loads(Path(config_file).read_text())
-    ddir = Path(data_dir or raw.get("data_dir") or env.get("STRATUS_DATA_DIR") or "./var").absolute()
-    db_url = env.get("STRATUS_DATABASE_URL") or raw.get("database_url") or f"sqlite:///{ddir / 'stratus.db'}"
-    compute = env.get("STRATUS_COMPUTE") or None
-    regions = tuple(_region(r, ddir, compute) for r in (raw.get("regions") or DEFAULT_REGIONS))
-    allow_spec = env.get("STRATUS_IMPORT_URL_ALLOW")
-    if allow_spec is None:
-        allow_spec = raw.get("import", {}).get("url_allow", [])
-    limits = Limits(**raw.get("limits", {}))
-    quotas = Quotas(**raw.get("quotas", {}))
+    """Read and validate the configuration; raise :class:`ConfigError` (one line) if it can't be used."""
+    try:
+        environ = Environment.model_validate(dict(os.environ) if env is None else env)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, "environment")) from None
+    path = config_file or environ.STRATUS_CONFIG
+    conf = _read_file(os.fspath(path)) if path else ConfigFile()
+    ddir = Path(data_dir or environ.STRATUS_DATA_DIR or conf.data_dir or "./var").absolute()
+    db_url = environ.STRATUS_DATABASE_URL or conf.database_url or f"sqlite:///{ddir / 'stratus.db'}"
+    allow: str | list[str] = conf.import_.url_allow
+    if environ.STRATUS_IMPORT_URL_ALLOW is not None:
+        allow = environ.STRATUS_IMPORT_URL_ALLOW
     return Settings(
         data_dir=ddir,
         database_url=db_url,
-        regions=regions,
-        limits=limits,
-        quotas=quotas,
-        import_url_allow=parse_networks(allow_spec),
-        workers=int(raw.get("workers", 2)),
-        instance_types=tuple(InstanceType(**t) for t in raw["instance_types"])
-        if raw.get("instance_types")
-        else DEFAULT_INSTANCE_TYPES,
+        regions=tuple(_region(r, ddir, environ.STRATUS_COMPUTE) for r in conf.regions),
+        limits=conf.limits,
+        quotas=conf.quotas,
+        import_url_allow=parse_networks(allow),
+        workers=conf.workers,
+        instance_types=tuple(conf.instance_types),
     )

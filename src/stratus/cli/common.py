@@ -14,8 +14,9 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from stratus.config import Settings, load_settings
+from stratus.config import ConfigError, Settings, load_settings
 
 console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
@@ -33,11 +34,15 @@ JsonOpt = typer.Option(False, "--json", help="Print JSON.")
 
 
 def settings(data_dir: str | None, config: str | None) -> Settings:
-    return load_settings(data_dir=data_dir, config_file=config)
+    """The validated settings, or one line naming the file and the key, and exit 2 (no traceback)."""
+    try:
+        return load_settings(data_dir=data_dir, config_file=config)
+    except ConfigError as exc:
+        die(str(exc))
 
 
 def die(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    console.print(f"[red]error:[/red] {message}")
+    console.print(f"[red]error:[/red] {escape(message)}")  # a message may hold [brackets]: not markup
     raise typer.Exit(code)
 
 

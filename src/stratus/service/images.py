@@ -215,7 +215,7 @@ def describe_images(
     # The visible set is the disjoint union of three kinds, each an index range: public in the region,
     # the caller's own, shared with the caller. Counting and paging each kind on its own index is what
     # keeps DescribeImages at a few ms with 10,000 images (an OR across them scans the region).
-    window = offset + limit
+    window = min(offset + limit, 2**63 - 1)  # SQL LIMIT is an int64: Offset 2**63-1 plus Limit would overflow
     with svc.db.read() as s:
         parts = [and_(_kind_clause(s, caller, kind, region), *where) for kind in kinds]
         total = sum(s.scalar(select(func.count()).select_from(Image).where(part)) or 0 for part in parts)

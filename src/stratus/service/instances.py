@@ -179,6 +179,14 @@ def run_instances(svc: Services, caller: Caller, region: str, spec: RunSpec, req
     digest = _params_digest(spec.raw_params)
     names = expand_names(spec.name, spec.count)
     with svc.db.write() as s:
+        if svc.db.is_postgresql:
+            # One launch per account at a time (the quota count below), taken before the ClientToken lookup:
+            # two racing requests with one token then run one after the other, and the second sees the
+            # first's RunRequest instead of failing on its primary key. (SQLite's BEGIN IMMEDIATE already
+            # serializes writers.)
+            from stratus.catalog.models import Account
+
+            s.execute(select(Account.id).where(Account.id == caller.account_id).with_for_update())
         if spec.client_token:
             prior = s.get(RunRequest, (caller.account_id, region, spec.client_token))
             if prior is not None:
@@ -198,10 +206,6 @@ def run_instances(svc: Services, caller: Caller, region: str, spec: RunSpec, req
                 f"({_disk_gib(system.virtual_size)} GiB); give at least the image's size.")
         if not 1 <= system_gib <= 32000:
             raise errors.InvalidParameterValueRange(detail=f"SystemDisk.DiskSize {system_gib} GiB is outside 1-32000.")
-        if svc.db.is_postgresql:
-            from stratus.catalog.models import Account
-
-            s.execute(select(Account.id).where(Account.id == caller.account_id).with_for_update())
         used = s.scalar(select(func.count()).select_from(Instance).where(
             Instance.owner_id == caller.account_id, Instance.region == region)) or 0
         quota = svc.settings.quotas.instances_per_region

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 
 from starlette.concurrency import run_in_threadpool
@@ -11,7 +10,7 @@ from starlette.responses import Response
 
 from stratus.api.cvm import envelope
 from stratus.api.cvm.auth import authenticate
-from stratus.api.cvm.params import unflatten, validate
+from stratus.api.cvm.params import parse_json, unflatten, validate
 from stratus.api.cvm.registry import ACTIONS
 from stratus.api.cvm.table import Call
 from stratus.domain import errors
@@ -59,11 +58,7 @@ def _dispatch(svc: Services, request: Request, body: bytes, request_id: str, rat
         ctype = headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != "application/json":
             raise errors.InvalidParameter(detail=f"Content-Type must be application/json, not {ctype!r}.")
-        try:
-            raw = json.loads(body or b"{}")
-        except (ValueError, UnicodeDecodeError):
-            raise errors.InvalidParameter(detail="The request body is not valid JSON.") from None
-        params = validate(raw, action.schema, name)
+        params = validate(parse_json(body), action.schema, name)
     else:
         params = validate(unflatten(request.url.query), action.schema, name, coerce=True)
     region = headers.get("x-tc-region") or None

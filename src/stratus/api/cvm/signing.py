@@ -87,7 +87,9 @@ def parse_authorization(value: str | None) -> SignedRequest:
 
 
 def check_timestamp(raw: str | None, now: float | None = None) -> int:
-    if raw is None or not raw.strip().isdigit():
+    # ASCII digits, and few enough to be a time: "\xb2".isdigit() is True but int() refuses it, and a
+    # 400-digit number overflows the float subtraction below.
+    if raw is None or not re.fullmatch(r"[0-9]{1,12}", raw.strip()):
         raise errors.AuthFailureInvalidAuthorization(detail="X-TC-Timestamp must be Unix seconds")
     ts = int(raw)
     now = time.time() if now is None else now

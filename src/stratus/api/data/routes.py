@@ -7,8 +7,8 @@ CVM error body with a real HTTP status, since no SDK parses these routes.
 
 from __future__ import annotations
 
-import asyncio
 import json
+import asyncio
 import os
 import time
 import uuid
@@ -24,6 +24,7 @@ from starlette.routing import Route
 from stratus.api.cvm import envelope
 from stratus.api.cvm.auth import authenticate
 from stratus.api.cvm.endpoint import read_body
+from stratus.api.cvm.params import ActionSchema, parse_int64, parse_json, validate
 from stratus.catalog.models import ExportObject
 from stratus.domain import errors
 from stratus.service import uploads
@@ -96,6 +97,9 @@ async def _bounded(stream: AsyncIterator[bytes], idle: float, total: float) -> A
         yield chunk
 
 
+CREATE_UPLOAD = ActionSchema({"Size": int, "Name": str, "Format": str}, required=frozenset({"Size"}))
+
+
 def routes(svc: Services) -> list[Route]:
     limits = svc.settings.limits
 
@@ -104,12 +108,9 @@ def routes(svc: Services) -> list[Route]:
         try:
             body = await read_body(request, 64 * 1024)
             caller = await run_in_threadpool(authenticate, svc, request, body)
-            params = json.loads(body or b"{}")
-            size = params.get("Size")
-            if not isinstance(size, int) or isinstance(size, bool):
-                raise errors.MissingParameter(name="Size")
+            params = validate(parse_json(body), CREATE_UPLOAD, "POST /uploads")
             status = await run_in_threadpool(
-                uploads.create_upload, svc, caller, size, str(params.get("Name", "")), params.get("Format")
+                uploads.create_upload, svc, caller, params["Size"], params.get("Name", ""), params.get("Format")
             )
         except Exception as exc:
             return _error(exc, rid)
@@ -129,11 +130,11 @@ def routes(svc: Services) -> list[Route]:
         upload_id = request.path_params["upload_id"]
         try:
             caller = await run_in_threadpool(authenticate, svc, request, b"")
-            offset_raw = request.query_params.get("offset", "")
-            if not offset_raw.isdigit():
+            offset_raw = request.query_params.get("offset")
+            if offset_raw is None:
                 raise errors.MissingParameter(name="offset")
-            # The claim is the compare-and-set: only one PUT at a time appends, from the offset the catalog holds.
-            status = await run_in_threadpool(uploads.begin_append, svc, caller, upload_id, int(offset_raw), rid)
+            offset = parse_int64(offset_raw, "offset")
+            status = await run_in_threadpool(uploads.begin_append, svc, caller, upload_id, offset, rid)
         except Exception as exc:
             return _error(exc, rid)
         received = committed = status.received
