@@ -7,8 +7,8 @@ CVM error body with a real HTTP status, since no SDK parses these routes.
 
 from __future__ import annotations
 
-import json
 import asyncio
+import json
 import os
 import time
 import uuid
