@@ -69,6 +69,18 @@ class Limits:
     vm_memory_cap_mib: int = 4096
 
 
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """`/metrics` on the API port: who may read it (client networks; empty: not served) and how often the
+    store sizes are re-walked (docs/operations.md)."""
+
+    allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = LOOPBACK
+    store_walk_seconds: float = 300.0
+
+
 @dataclass(frozen=True)
 class Quotas:
     images_per_region: int = 500
@@ -103,6 +115,7 @@ class Settings:
     import_url_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     workers: int = 2
     instance_types: tuple[InstanceType, ...] = DEFAULT_INSTANCE_TYPES
+    metrics: Metrics = field(default_factory=Metrics)
 
     def instance_type(self, name: str) -> InstanceType | None:
         return next((t for t in self.instance_types if t.name == name), None)
@@ -184,4 +197,10 @@ def load_settings(
         instance_types=tuple(InstanceType(**t) for t in raw["instance_types"])
         if raw.get("instance_types")
         else DEFAULT_INSTANCE_TYPES,
+        metrics=_metrics(raw.get("metrics", {})),
     )
+
+
+def _metrics(raw: dict[str, Any]) -> Metrics:
+    allow = parse_networks(raw["allow"]) if "allow" in raw else LOOPBACK
+    return Metrics(allow=allow, store_walk_seconds=float(raw.get("store_walk_seconds", 300.0)))
