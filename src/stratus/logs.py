@@ -75,6 +75,7 @@ def setup(level: str = "info", fmt: LogFormat | None = None) -> None:
     # uvicorn's own loggers go through ours (uvicorn.run gets log_config=None); its access log is ours too.
     logging.getLogger("uvicorn").setLevel(max(logging.WARNING, root.level))
     logging.getLogger("uvicorn.access").disabled = True
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))  # a line per URL-import request
 
 
 @contextmanager

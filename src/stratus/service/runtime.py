@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from stratus import logs
@@ -56,10 +57,15 @@ class LoggedHandler:
 
     def run(self, ctx: TaskContext) -> dict[str, Any] | None:
         with logs.task_context(ctx.task_id, ctx.kind):
-            return self.inner.run(ctx)
+            log.info("%s task %s started (attempt %d)", ctx.kind, ctx.task_id, ctx.attempt)
+            started = time.monotonic()
+            result = self.inner.run(ctx)
+            log.info("%s task %s done in %.1f s", ctx.kind, ctx.task_id, time.monotonic() - started)
+            return result
 
     def fail(self, ctx: TaskContext, reason: str) -> None:
         with logs.task_context(ctx.task_id, ctx.kind):
+            log.warning("%s task %s failed: %s", ctx.kind, ctx.task_id, reason)
             self.inner.fail(ctx, reason)
 
     def __getattr__(self, name: str) -> Any:  # anything else the runner asks of the handler
