@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha25
 DEB_PACKAGES := $(shell grep -v '^\#' scripts/debian-packages.txt)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test deps debs lint bench clean
+.PHONY: run test deps debs lint bench load clean
 
 deps: debs $(STAMP)
 
@@ -34,6 +34,12 @@ test: deps lint
 
 bench: deps
 	$(BIN)/python bench/run.py
+
+# Load: 50 and 1 SDK clients for 5 minutes each, on SQLite and on PostgreSQL (~25 min; not part of `make test`).
+# Writes bench/results-load.md. LOAD_SECONDS=120 for a shorter run.
+LOAD_SECONDS ?= 300
+load: deps
+	$(BIN)/python bench/load.py --matrix --seconds $(LOAD_SECONDS)
 
 clean:
 	rm -rf $(VENV) var

@@ -19,7 +19,10 @@ What it does:
    (one of its own instances last seen RUNNING; a DescribeInstances when it has none), SyncImages 4 (a NORMAL
    image of its account not copied yet, to ap-shanghai), ExportImages 4 (RAW or QCOW2, a unique prefix); then a think
    time drawn uniformly in [0, --think] seconds. Each call's latency is measured in the client (SDK call to
-   parsed answer); its error code, if any, is recorded.
+   parsed answer); its error code, if any, is recorded. Clients are closed-loop, like the CLI: after a call
+   that starts a task they poll (every --poll s, DescribeImages / DescribeInstances / DescribeTasks, counted
+   like any call) until it has finished, and the time from the call to that is recorded as "<action> → done".
+   (With --open-loop they don't wait: the task queue then grows as fast as the clients can submit.)
 3. When the time is up the clients stop; the run waits (up to 5 min) until no task is QUEUED or RUNNING.
    Then it reads the catalog: tasks by kind and state, every FAILED task with its error (none should fail:
    every input is valid), images not NORMAL, instances LAUNCH_FAILED; and scrapes /metrics (the server's own
@@ -62,6 +65,7 @@ ZONE = f"{REGION}-1"
 PG_URL = os.environ.get("STRATUS_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 WEIGHTS = {"DescribeImages": 40, "DescribeInstances": 10, "ImportImage": 12, "RunInstances": 10,
            "TerminateInstances": 10, "SyncImages": 4, "ExportImages": 4}
+FINE = {"Success", "NORMAL", "RUNNING", "SUCCESS", "gone"}  # answers and end states that are not errors
 CLIENTS_PER_ACCOUNT = 5
 N_IMAGES = 6
 FILE_HOST = "127.0.0.2"
@@ -161,10 +165,10 @@ class Stats:
 
 class Client(threading.Thread):
     def __init__(self, index: int, server: Server, creds: dict[str, str], account: AccountState, base_url: str,
-                 files: list[str], stats: Stats, until: float, think: float, seed: int) -> None:
+                 files: list[str], stats: Stats, until: float, think: float, seed: int, poll: float) -> None:
         super().__init__(name=f"client-{index}", daemon=True)
         self.index, self.account, self.base_url, self.files = index, account, base_url, files
-        self.stats, self.until, self.think = stats, until, think
+        self.stats, self.until, self.think, self.poll = stats, until, think, poll
         self.rnd = random.Random(seed * 1000 + index)
         self.api = sdk(server, creds)
         self.launched: set[str] = set()  # this client's instances (other clients of the account have theirs)
@@ -192,6 +196,25 @@ class Client(threading.Thread):
             if self.think:
                 time.sleep(self.rnd.uniform(0, self.think))
 
+    def _wait(self, label: str, started: float, done: Any, timeout: float = 900) -> Any:
+        """Poll ``done()`` (None while busy) every self.poll s; record the time since ``started``."""
+        if not self.poll:
+            return None
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            result = done()
+            if result is not None:
+                self.stats.record(f"{label} → done", time.perf_counter() - started, str(result))
+                return result
+            time.sleep(self.poll)
+        self.stats.record(f"{label} → done", time.perf_counter() - started, "client:Timeout")
+        return None
+
+    def _task_state(self, task_id: int) -> str | None:
+        resp = self.call("DescribeTasks", {"TaskIds": [task_id]})
+        state = resp["TaskSet"][0]["TaskState"] if resp and resp["TaskSet"] else "gone"
+        return None if state in ("PENDING", "RUNNING") else state
+
     def _image(self) -> str | None:
         with self.account.lock:
             return self.rnd.choice(self.account.images) if self.account.images else None
@@ -213,23 +236,52 @@ class Client(threading.Thread):
     def do_ImportImage(self) -> None:
         self.n += 1
         url = f"{self.base_url}/{self.rnd.choice(self.files)}"
-        self.call("ImportImage", {"ImageName": f"load-{self.index}-{self.n}", "OsType": "CentOS", "OsVersion": "7",
-                                  "Architecture": "x86_64", "ImageUrl": url})
+        t0 = time.perf_counter()
+        resp = self.call("ImportImage", {"ImageName": f"load-{self.index}-{self.n}", "OsType": "CentOS",
+                                         "OsVersion": "7", "Architecture": "x86_64", "ImageUrl": url})
+        if resp:
+            image_id = resp["ImageId"]
+
+            def state() -> str | None:
+                found = self.call("DescribeImages", {"ImageIds": [image_id]})
+                s = found["ImageSet"][0]["ImageState"] if found and found["ImageSet"] else "gone"
+                return None if s == "IMPORTING" else s
+
+            if self._wait("ImportImage", t0, state) == "NORMAL":
+                with self.account.lock:
+                    self.account.images.append(image_id)
 
     def do_RunInstances(self) -> None:
         image = self._image()
         if image is None:
             return self.do_DescribeImages()
+        t0 = time.perf_counter()
         resp = self.call("RunInstances", {"ImageId": image, "InstanceCount": 1, "Placement": {"Zone": ZONE}})
         if resp:
             self.launched.update(resp["InstanceIdSet"])
+            iid = resp["InstanceIdSet"][0]
+
+            def state() -> str | None:
+                found = self.call("DescribeInstances", {"InstanceIds": [iid]})
+                s = found["InstanceSet"][0]["InstanceState"] if found and found["InstanceSet"] else "gone"
+                return None if s == "PENDING" else s
+
+            if self._wait("RunInstances", t0, state) == "RUNNING":
+                self.instances.append(iid)
 
     def do_TerminateInstances(self) -> None:
         if not self.instances:
             return self.do_DescribeInstances()
         iid = self.instances.pop(self.rnd.randrange(len(self.instances)))
         self.launched.discard(iid)
-        self.call("TerminateInstances", {"InstanceIds": [iid]})
+        t0 = time.perf_counter()
+        if self.call("TerminateInstances", {"InstanceIds": [iid]}) is not None:
+
+            def gone() -> str | None:
+                found = self.call("DescribeInstances", {"InstanceIds": [iid]})
+                return "gone" if found is not None and not found["InstanceSet"] else None
+
+            self._wait("TerminateInstances", t0, gone)
 
     def do_SyncImages(self) -> None:
         with self.account.lock:
@@ -239,16 +291,23 @@ class Client(threading.Thread):
                 self.account.synced.add(image)
         if image is None:
             return self.do_DescribeImages()
-        self.call("SyncImages", {"ImageIds": [image], "DestinationRegions": [DST]})
+        t0 = time.perf_counter()
+        resp = self.call("SyncImages", {"ImageIds": [image], "DestinationRegions": [DST], "ImageSetRequired": True})
+        if resp and resp.get("ImageSet"):
+            task_id = resp["ImageSet"][0]["TaskId"]
+            self._wait("SyncImages", t0, lambda: self._task_state(task_id))
 
     def do_ExportImages(self) -> None:
         image = self._image()
         if image is None:
             return self.do_DescribeImages()
         self.n += 1
-        self.call("ExportImages", {"BucketName": "stratus-exports", "ImageIds": [image],
-                                   "ExportFormat": self.rnd.choice(["RAW", "QCOW2"]),
-                                   "FileNamePrefixList": [f"load{self.index}n{self.n}"]})
+        t0 = time.perf_counter()
+        resp = self.call("ExportImages", {"BucketName": "stratus-exports", "ImageIds": [image],
+                                          "ExportFormat": self.rnd.choice(["RAW", "QCOW2"]),
+                                          "FileNamePrefixList": [f"load{self.index}n{self.n}"]})
+        if resp:
+            self._wait("ExportImages", t0, lambda: self._task_state(resp["TaskId"]))
 
 
 # --------------------------------------------------------------------------- one run
@@ -277,7 +336,8 @@ def scrape(server: Server) -> dict[str, float]:
     return out
 
 
-def run_once(db: str, clients: int, seconds: float, think: float, seed: int, root: Path) -> dict[str, Any]:
+def run_once(db: str, clients: int, seconds: float, think: float, seed: int, root: Path,
+             poll: float = 1.0) -> dict[str, Any]:
     workdir = root / f"load-{db}-{clients}c-{uuid.uuid4().hex[:6]}"
     workdir.mkdir(parents=True)
     files_dir = workdir / "files"
@@ -291,7 +351,7 @@ def run_once(db: str, clients: int, seconds: float, think: float, seed: int, roo
         "[quotas]\nimages_per_region = 100000\ninstances_per_region = 100000\n"
     )
     server = Server(data_dir=workdir / "var", config=config, log_path=workdir / "server.log", db_url=db_url)
-    result: dict[str, Any] = {"db": db, "clients": clients, "seconds": seconds, "think": think}
+    result: dict[str, Any] = {"db": db, "clients": clients, "seconds": seconds, "think": think, "poll": poll}
     try:
         os.environ["STRATUS_COMPUTE"] = "disk"
         server.start()
@@ -331,11 +391,11 @@ def run_once(db: str, clients: int, seconds: float, think: float, seed: int, roo
         until = t0 + seconds
         log(f"{db}, {clients} clients: load for {seconds:.0f} s (server RSS {rss_start / MiB:.0f} MiB)")
         threads = [Client(i, server, creds[i // CLIENTS_PER_ACCOUNT], accounts[i // CLIENTS_PER_ACCOUNT], base_url,
-                          files, stats, until, think, seed) for i in range(clients)]
+                          files, stats, until, think, seed, poll) for i in range(clients)]
         for t in threads:
             t.start()
         for t in threads:
-            t.join(seconds + 600)
+            t.join(seconds + 1200)
         elapsed = time.time() - t0
         log(f"{db}, {clients} clients: clients done after {elapsed:.0f} s; waiting for the tasks to settle")
         settle0 = time.time()
@@ -374,7 +434,8 @@ def run_once(db: str, clients: int, seconds: float, think: float, seed: int, roo
         result["server_errors"] = server_errors
         result["client_errors"] = {k: v for k, v in result["codes"].items()
                                    if "InternalError" in k or "client:" in k or "ServerNetworkError" in k}
-        log(f"{db}, {clients} clients: {sum(result['calls'].values())} calls, {len(result['failed_tasks'])} failed "
+        calls = sum(v for a, v in result["calls"].items() if "→" not in a)
+        log(f"{db}, {clients} clients: {calls} calls, {len(result['failed_tasks'])} failed "
             f"tasks, 5xx/InternalError {sum(server_errors.values()):.0f}, RSS {rss_start / MiB:.0f} → "
             f"{rss_end / MiB:.0f} MiB (peak {result['rss_peak'] / MiB:.0f})")
     finally:
@@ -385,7 +446,7 @@ def run_once(db: str, clients: int, seconds: float, think: float, seed: int, roo
         (root / f"last-load-{db}-{clients}c-server.log").write_bytes(
             server.log_path.read_bytes() if server.log_path.exists() else b"")
         subprocess.run(["rm", "-rf", str(workdir)], check=False)
-    (root / f"load-{db}-{clients}c.json").write_text(json.dumps(result, indent=1))
+    (root / f"load-{db}-{clients}c{'' if poll else '-open'}.json").write_text(json.dumps(result, indent=1))
     return result
 
 
@@ -405,11 +466,14 @@ def render(results: list[dict[str, Any]], facts: dict[str, str]) -> str:
              "(peak) |", "|---|---|---|---|---|---|"]
     for r in results:
         lines.append(
-            f"| {r['db']}, {r['clients']} clients, {r['seconds']:.0f} s | {sum(r['calls'].values())} "
+            f"| {r['db']}, {r['clients']} clients, {r['seconds']:.0f} s{'' if r.get('poll', 1) else ', open loop'} "
+            f"| {sum(v for a, v in r['calls'].items() if '→' not in a)} "
             f"| {sum(r['server_errors'].values()):.0f} (client saw {sum(r['client_errors'].values())}) "
             f"| {len(r['failed_tasks'])} | {r['settle_seconds']:.0f} s | {r['rss_start'] / MiB:.0f} → "
             f"{r['rss_end'] / MiB:.0f} MiB ({r['rss_peak'] / MiB:.0f}) |")
-    actions = list(WEIGHTS)
+    seen = {a for r in results for a in r["latency"]}
+    actions = [a for a in [*WEIGHTS, "DescribeTasks"] if a in seen]
+    actions += sorted(a for a in seen if a not in actions)
     lines += ["", "p50 / p99 latency per action (ms):", "",
               "| action | " + " | ".join(f"{r['db']} {r['clients']}c" for r in results) + " |",
               "|---" * (len(results) + 1) + "|"]
@@ -422,7 +486,7 @@ def render(results: list[dict[str, Any]], facts: dict[str, str]) -> str:
     for r in results:
         lines.append(f"* **{r['db']}, {r['clients']} clients**: tasks " + ", ".join(
             f"{k} {v}" for k, v in r["tasks"].items()) + "; not Success: " + (", ".join(
-                f"{k} {v}" for k, v in r["codes"].items() if not k.endswith(" Success")) or "none") + ".")
+                f"{k} {v}" for k, v in r["codes"].items() if k.rsplit(" ", 1)[-1] not in FINE) or "none") + ".")
         for tid, kind, error in r["failed_tasks"][:10]:
             lines.append(f"  * failed task {tid} ({kind}): {error}")
         for row in r["images_not_normal"][:10]:
@@ -439,6 +503,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--matrix", action="store_true", help="both databases, 50 and 1 clients; renders --out")
     ap.add_argument("--render-only", action="store_true", help="render --out from the JSON of the last runs")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--poll", type=float, default=1.0, help="closed loop: poll a started task every POLL s")
+    ap.add_argument("--open-loop", action="store_true", help="don't wait for the tasks the clients start")
     ap.add_argument("--out", default=str(HERE / "results-load.md"))
     args = ap.parse_args(argv)
     root = HERE / "out"
@@ -452,7 +518,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if path.exists():
                 results.append(json.loads(path.read_text()))
             continue
-        results.append(run_once(db, clients, args.seconds, args.think, args.seed, root))
+        results.append(run_once(db, clients, args.seconds, args.think, args.seed, root,
+                                0.0 if args.open_loop else args.poll))
     if args.matrix or args.render_only:
         Path(args.out).write_text(render(results, machine_facts(root)))
         log(f"wrote {args.out}")
