@@ -521,6 +521,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         results.append(run_once(db, clients, args.seconds, args.think, args.seed, root,
                                 0.0 if args.open_loop else args.poll))
     if args.matrix or args.render_only:
+        # An open-loop run (--open-loop, made separately) is shown beside them when its JSON is there.
+        results += [json.loads(p.read_text()) for p in sorted(root.glob("load-*-open.json"))]
         Path(args.out).write_text(render(results, machine_facts(root)))
         log(f"wrote {args.out}")
     else:
