@@ -385,6 +385,7 @@ def run_once(db: str, clients: int, seconds: float, think: float, seed: int, roo
                 stop_sampling.wait(2.0)
 
         rss_start = rss(pid)
+        result["loadavg_start"] = os.getloadavg()[0]  # other work on the machine moves every latency
         threading.Thread(target=sample, name="rss", daemon=True).start()
         stats = Stats()
         t0 = time.time()
@@ -406,6 +407,7 @@ def run_once(db: str, clients: int, seconds: float, think: float, seed: int, roo
             time.sleep(1)
         settle = time.time() - settle0
         rss_end = rss(pid)
+        result["loadavg_end"] = os.getloadavg()[0]
         stop_sampling.set()
         result.update({
             "elapsed": elapsed,
@@ -463,14 +465,15 @@ def render(results: list[dict[str, Any]], facts: dict[str, str]) -> str:
              f"{results[0]['think']}] s), then a wait until every task has finished. Latency is measured in the "
              "client (SDK call to parsed answer), in ms.", "",
              "| run | calls | 5xx / InternalError | failed tasks | tasks settled after | server RSS start → end "
-             "(peak) |", "|---|---|---|---|---|---|"]
+             "(peak) | load average start, end |", "|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(
             f"| {r['db']}, {r['clients']} clients, {r['seconds']:.0f} s{'' if r.get('poll', 1) else ', open loop'} "
             f"| {sum(v for a, v in r['calls'].items() if '→' not in a)} "
             f"| {sum(r['server_errors'].values()):.0f} (client saw {sum(r['client_errors'].values())}) "
             f"| {len(r['failed_tasks'])} | {r['settle_seconds']:.0f} s | {r['rss_start'] / MiB:.0f} → "
-            f"{r['rss_end'] / MiB:.0f} MiB ({r['rss_peak'] / MiB:.0f}) |")
+            f"{r['rss_end'] / MiB:.0f} MiB ({r['rss_peak'] / MiB:.0f}) "
+            f"| {r.get('loadavg_start', '?')}, {r.get('loadavg_end', '?')} |")
     seen = {a for r in results for a in r["latency"]}
     actions = [a for a in [*WEIGHTS, "DescribeTasks"] if a in seen]
     actions += sorted(a for a in seen if a not in actions)
