@@ -455,6 +455,15 @@ def run_once(db: str, clients: int, seconds: float, think: float, seed: int, roo
 # --------------------------------------------------------------------------- the report
 
 
+def settled(r: dict[str, Any]) -> str:
+    busy = r.get("still_busy_tasks", 0)
+    return f"{r['settle_seconds']:.0f} s" if not busy else f"not after {r['settle_seconds']:.0f} s: {busy} left"
+
+
+def label(r: dict[str, Any]) -> str:
+    return f"{r['db']} {r['clients']}c{'' if r.get('poll', 1) else ' open'}"
+
+
 def render(results: list[dict[str, Any]], facts: dict[str, str]) -> str:
     ms = lambda s: f"{s * 1000:.0f}"  # noqa: E731
     lines = ["# Load (issue 7)", "",
@@ -471,14 +480,19 @@ def render(results: list[dict[str, Any]], facts: dict[str, str]) -> str:
             f"| {r['db']}, {r['clients']} clients, {r['seconds']:.0f} s{'' if r.get('poll', 1) else ', open loop'} "
             f"| {sum(v for a, v in r['calls'].items() if '→' not in a)} "
             f"| {sum(r['server_errors'].values()):.0f} (client saw {sum(r['client_errors'].values())}) "
-            f"| {len(r['failed_tasks'])} | {r['settle_seconds']:.0f} s | {r['rss_start'] / MiB:.0f} → "
+            f"| {len(r['failed_tasks'])} | {settled(r)} | {r['rss_start'] / MiB:.0f} → "
             f"{r['rss_end'] / MiB:.0f} MiB ({r['rss_peak'] / MiB:.0f}) "
             f"| {r.get('loadavg_start', '?')}, {r.get('loadavg_end', '?')} |")
+    lines += ["", "Server RSS over the run (MiB, every 60 s from the start of the load; flat after warm-up is the "
+              "target):", ""]
+    for r in results:
+        marks = [f"{round(t):d} s {m / MiB:.0f}" for t, m in r["rss_samples"] if int(t) % 60 < 2]
+        lines.append(f"* {label(r)}: " + ", ".join(marks))
     seen = {a for r in results for a in r["latency"]}
     actions = [a for a in [*WEIGHTS, "DescribeTasks"] if a in seen]
     actions += sorted(a for a in seen if a not in actions)
     lines += ["", "p50 / p99 latency per action (ms):", "",
-              "| action | " + " | ".join(f"{r['db']} {r['clients']}c" for r in results) + " |",
+              "| action | " + " | ".join(label(r) for r in results) + " |",
               "|---" * (len(results) + 1) + "|"]
     for a in actions:
         cells = [f"{ms(r['latency'][a]['p50'])} / {ms(r['latency'][a]['p99'])} ({r['calls'][a]})"
@@ -487,7 +501,7 @@ def render(results: list[dict[str, Any]], facts: dict[str, str]) -> str:
     lines += ["", "(n) is the number of calls. Tasks by kind and state at the end, and every answer that was not "
               "Success:", ""]
     for r in results:
-        lines.append(f"* **{r['db']}, {r['clients']} clients**: tasks " + ", ".join(
+        lines.append(f"* **{label(r)}**: tasks " + ", ".join(
             f"{k} {v}" for k, v in r["tasks"].items()) + "; not Success: " + (", ".join(
                 f"{k} {v}" for k, v in r["codes"].items() if k.rsplit(" ", 1)[-1] not in FINE) or "none") + ".")
         for tid, kind, error in r["failed_tasks"][:10]:
