@@ -159,3 +159,35 @@ def test_byte_counters_and_verify_failures_count_the_work(tmp_path: Path) -> Non
     with pytest.raises(ChunkCorrupt):
         store.get(digest)
     assert _sample("stratus_chunk_verify_failures_total") - failures == 1
+
+
+def test_text_and_json_lines_carry_request_and_task_context() -> None:
+    import io
+    import logging
+
+    from stratus import logs
+
+    stream = io.StringIO()
+    records = []
+    for fmt in ("text", "json"):
+        handler = logging.StreamHandler(stream)
+        handler.addFilter(logs.ContextFilter())
+        handler.setFormatter(logging.Formatter(logs.TEXT_FORMAT) if fmt == "text" else logs._Json(logs.JSON_FORMAT))
+        logger = logging.getLogger(f"stratus.test-{fmt}")
+        logger.addHandler(handler)
+        logger.propagate = False
+        token = logs.REQUEST_ID.set("req-1")
+        try:
+            with logs.task_context(42, "import"):
+                logger.warning("inside")
+        finally:
+            logs.REQUEST_ID.reset(token)
+        logger.warning("outside")
+        logger.removeHandler(handler)
+        records.append(stream.getvalue().splitlines()[-2:])
+    text, json_lines = records
+    assert text[0].endswith("inside [request_id=req-1 task=42 kind=import]") and text[1].endswith("outside")
+    inside, outside = (json.loads(line) for line in json_lines)
+    assert (inside["request_id"], inside["task_id"], inside["task_kind"]) == ("req-1", 42, "import")
+    assert "request_id" not in outside and "task_id" not in outside and "context" not in outside
+    assert logs.default_format(io.StringIO()) == "json"
