@@ -105,8 +105,10 @@ class Observe:
 
         try:
             await self.app(scope, receive, send_status)
-        except BaseException:
+        except Exception:
             status = 500
+            # Logged here, while the RequestId is still in the context; the server then answers 500.
+            access_log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
             raise
         finally:
             elapsed = time.perf_counter() - started
