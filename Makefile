@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha25
 DEB_PACKAGES := $(shell grep -v '^\#' scripts/debian-packages.txt)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test fuzz deps debs lint bench soak clean
+.PHONY: run test fuzz deps debs lint bench soak load clean
 
 deps: debs $(STAMP)
 
@@ -44,6 +44,11 @@ bench: deps
 # The fault-injection tests at length: 30 rounds of five kill -9 (150 kills) instead of `make test`'s 4.
 soak: deps
 	STRATUS_SOAK_ROUNDS=$${STRATUS_SOAK_ROUNDS:-30} $(BIN)/pytest -q -p no:cacheprovider tests/e2e/test_faults.py
+# Load: 50 and 1 SDK clients for 5 minutes each, on SQLite and on PostgreSQL (~25 min; not part of `make test`).
+# Writes bench/results-load.md. LOAD_SECONDS=120 for a shorter run.
+LOAD_SECONDS ?= 300
+load: deps
+	$(BIN)/python bench/load.py --matrix --seconds $(LOAD_SECONDS)
 
 clean:
 	rm -rf $(VENV) var

@@ -32,3 +32,26 @@ def test_every_setting_is_in_the_config_doc() -> None:
 def test_readme_names_the_two_commands_and_ci_calls_make_test() -> None:
     assert "make run" in README and "make test" in README
     assert "make test" in (DOCS.parent / ".ci" / "run").read_text()
+
+
+def test_every_metric_and_metrics_setting_is_documented() -> None:
+    from prometheus_client import REGISTRY
+
+    import stratus.api.metrics  # noqa: F401  (registers the request metrics)
+    from stratus.config import Metrics
+
+    ops = (DOCS / "operations.md").read_text()
+    names = {m.name for m in REGISTRY.collect() if m.name.startswith("stratus_")}
+    names |= {"stratus_tasks", "stratus_store_bytes", "stratus_store_chunks", "stratus_store_free_bytes",
+              "stratus_store_walk_age_seconds"}  # the collectors read at scrape time
+    suffix = {"counter": "_total"}
+    missing = [n for n in names if f"`{n}{suffix.get(_kind(n), '')}`" not in ops and f"`{n}`" not in ops]
+    assert not missing
+    config = (DOCS / "config.md").read_text()
+    assert all(f"`{f.name}`" in config for f in dataclasses.fields(Metrics))
+
+
+def _kind(name: str) -> str:
+    from prometheus_client import REGISTRY
+
+    return next((m.type for m in REGISTRY.collect() if m.name == name), "gauge")

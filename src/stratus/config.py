@@ -157,6 +157,18 @@ class Limits(_Amounts):
     vm_memory_cap_mib: Positive = 4096
 
 
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """`/metrics` on the API port: who may read it (client networks; empty: not served) and how often the
+    store sizes are re-walked (docs/operations.md)."""
+
+    allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = LOOPBACK
+    store_walk_seconds: float = 300.0
+
+
 class Quotas(_Amounts):
     images_per_region: int = 500
     instances_per_region: int = 1000
@@ -189,6 +201,7 @@ class Settings:
     import_url_allow: tuple[Network, ...] = ()
     workers: int = 2
     instance_types: tuple[InstanceType, ...] = DEFAULT_INSTANCE_TYPES
+    metrics: Metrics = field(default_factory=Metrics)
 
     def instance_type(self, name: str) -> InstanceType | None:
         return next((t for t in self.instance_types if t.name == name), None)
@@ -238,6 +251,11 @@ class ImportFile(_Section):
     url_allow: list[Cidr] = []
 
 
+class MetricsFile(_Section):
+    allow: list[Cidr] | None = None  # default: loopback only; [] turns /metrics off
+    store_walk_seconds: PositiveSeconds = 300.0
+
+
 class ConfigFile(_Section):
     """The whole TOML file."""
 
@@ -247,6 +265,7 @@ class ConfigFile(_Section):
     import_: ImportFile = Field(default_factory=ImportFile, alias="import")
     limits: Limits = Field(default_factory=Limits)
     quotas: Quotas = Field(default_factory=Quotas)
+    metrics: MetricsFile = Field(default_factory=MetricsFile)
     instance_types: Annotated[list[InstanceType], Field(min_length=1), AfterValidator(_unique("instance type"))] = \
         list(DEFAULT_INSTANCE_TYPES)
     regions: Annotated[list[RegionFile], Field(min_length=1), AfterValidator(_unique("region"))] = \
@@ -385,4 +404,6 @@ def load_settings(
         import_url_allow=parse_networks(allow),
         workers=conf.workers,
         instance_types=tuple(conf.instance_types),
+        metrics=Metrics(allow=LOOPBACK if conf.metrics.allow is None else parse_networks(conf.metrics.allow),
+                        store_walk_seconds=conf.metrics.store_walk_seconds),
     )

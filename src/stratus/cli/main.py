@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from stratus.cli import account_cmd, image_cmd, instance_cmd, serve_cmd, store_cmd
+from stratus.cli import account_cmd, doctor_cmd, image_cmd, instance_cmd, serve_cmd, store_cmd
 from stratus.cli.common import __doc__ as EXIT_CODES
 
 app = typer.Typer(
@@ -20,6 +20,7 @@ app.add_typer(image_cmd.app, name="image")
 app.add_typer(instance_cmd.app, name="instance")
 app.command("fsck")(store_cmd.fsck)
 app.command("gc")(store_cmd.gc)
+app.command("doctor")(doctor_cmd.doctor)
 
 
 def main() -> None:

@@ -7,7 +7,19 @@ import signal
 
 import typer
 
-from stratus.cli.common import ConfigOpt, DataDirOpt, settings
+from stratus.cli.common import ConfigOpt, DataDirOpt, die, settings
+
+LogLevelOpt = typer.Option("info", "--log-level", help="debug, info, warning or error.")
+LogFormatOpt = typer.Option(None, "--log-format", help="json (one object per line) or text; default json "
+                            "unless stderr is a terminal.")
+
+
+def _setup_logs(level: str, fmt: str | None) -> None:
+    from stratus import logs
+
+    if fmt not in (None, "json", "text"):
+        die(f"--log-format must be json or text, not {fmt!r}")
+    logs.setup(level, fmt)  # type: ignore[arg-type]
 
 
 def serve(
@@ -16,7 +28,8 @@ def serve(
     port: int = typer.Option(8700, "--port"),
     config: str = ConfigOpt,
     no_workers: bool = typer.Option(False, "--no-workers", help="Serve the API only; run `stratus worker` elsewhere."),
-    log_level: str = typer.Option("info", "--log-level"),
+    log_level: str = LogLevelOpt,
+    log_format: str = LogFormatOpt,
 ) -> None:
     """Serve the CVM API and the data API, and run the task workers."""
     import uvicorn
@@ -24,7 +37,7 @@ def serve(
     from stratus.api.app import create_app
     from stratus.service.runtime import prepare, start_workers
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _setup_logs(log_level, log_format)
     # uvicorn handles SIGTERM/SIGINT while it serves, then raises the signal again under the handler that
     # was there before: ours turns it into SystemExit, so the `finally` below stops the workers gracefully
     # (their tasks are handed back, not left to look like a crash) instead of the process just dying.
@@ -37,7 +50,7 @@ def serve(
         "serving on http://%s:%d, data in %s, catalog %s", host, port, cfg.data_dir, cfg.database_url.split("@")[-1]
     )
     try:
-        uvicorn.run(create_app(svc), host=host, port=port, log_level="warning", http="httptools",
+        uvicorn.run(create_app(svc), host=host, port=port, log_config=None, access_log=False, http="httptools",
                     timeout_keep_alive=75)
     finally:
         if runner is not None:
@@ -52,7 +65,11 @@ def _exit_on_signal(signum: int, _frame: object) -> None:
 def worker(
     data_dir: str = DataDirOpt,
     config: str = ConfigOpt,
-    log_level: str = typer.Option("info", "--log-level"),
+    log_level: str = LogLevelOpt,
+    log_format: str = LogFormatOpt,
+    metrics_port: int = typer.Option(0, "--metrics-port", help="Serve this process's counters (bytes "
+                                     "ingested, exported, copied; chunk verify failures) at "
+                                     "http://127.0.0.1:PORT/metrics; 0: don't."),
 ) -> None:
     """Run task workers only (beside `stratus serve --no-workers`)."""
     import signal
@@ -60,8 +77,12 @@ def worker(
 
     from stratus.service.runtime import prepare, start_workers
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _setup_logs(log_level, log_format)
     svc = prepare(settings(data_dir, config))
+    if metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, addr="127.0.0.1")
     runner = start_workers(svc)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())

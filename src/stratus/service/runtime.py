@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from typing import Any
 
+from stratus import logs
 from stratus.catalog import migrate
 from stratus.config import Settings
 from stratus.service.context import Services
 from stratus.service.export_task import ExportHandler
 from stratus.service.import_task import ImportHandler
-from stratus.tasks.runner import Handler, TaskRunner
+from stratus.tasks.runner import Handler, TaskContext, TaskRunner
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +38,7 @@ def task_handlers(svc: Services) -> dict[str, Handler]:
     from stratus.service.instance_tasks import InstanceHandler, LaunchHandler
     from stratus.service.sync import SyncHandler
 
-    return {
+    handlers: dict[str, Handler] = {
         "import": ImportHandler(svc),
         "export": ExportHandler(svc),
         "launch": LaunchHandler(svc),
@@ -43,6 +46,30 @@ def task_handlers(svc: Services) -> dict[str, Handler]:
         "capture": CaptureHandler(svc),
         "sync": SyncHandler(svc),
     }
+    return {kind: LoggedHandler(h) for kind, h in handlers.items()}
+
+
+class LoggedHandler:
+    """Runs a handler with its task's id and kind in the logging context (every line it logs says which)."""
+
+    def __init__(self, inner: Handler) -> None:
+        self.inner = inner
+
+    def run(self, ctx: TaskContext) -> dict[str, Any] | None:
+        with logs.task_context(ctx.task_id, ctx.kind):
+            log.info("%s task %s started (attempt %d)", ctx.kind, ctx.task_id, ctx.attempt)
+            started = time.monotonic()
+            result = self.inner.run(ctx)
+            log.info("%s task %s done in %.1f s", ctx.kind, ctx.task_id, time.monotonic() - started)
+            return result
+
+    def fail(self, ctx: TaskContext, reason: str) -> None:
+        with logs.task_context(ctx.task_id, ctx.kind):
+            log.warning("%s task %s failed: %s", ctx.kind, ctx.task_id, reason)
+            self.inner.fail(ctx, reason)
+
+    def __getattr__(self, name: str) -> Any:  # anything else the runner asks of the handler
+        return getattr(self.inner, name)
 
 
 def start_workers(svc: Services) -> TaskRunner:

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from stratus import metrics
 from stratus.storage.dirstore import ChunkWriter, DirStore, check_digest
 
 MiB = 1 << 20
@@ -169,6 +170,7 @@ def copy_chunks(
             was_copied, size = pending.popleft().result()
             if was_copied:
                 copied, copied_bytes = copied + 1, copied_bytes + size
+                metrics.COPIED_BYTES.inc(size)
             else:
                 present, present_bytes = present + 1, present_bytes + size
             done, done_bytes = done + 1, done_bytes + size

@@ -49,6 +49,7 @@ from typing import Literal
 
 import blake3
 
+from stratus import metrics
 from stratus.domain.manifest import MAX_CHUNK_SIZE, is_digest
 
 TEMP_PREFIX = "tmp."  # a chunk being written: tmp.<digest>.<rand>
@@ -256,6 +257,7 @@ class DirStore:
             os.close(fd)
         actual = blake3.blake3(data).hexdigest()
         if actual != digest:
+            metrics.CHUNK_VERIFY_FAILURES.inc()
             raise ChunkCorrupt(digest, actual)
         return data
 

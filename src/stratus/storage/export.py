@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from stratus import metrics
 from stratus.disk import qemu_img
 from stratus.domain.manifest import DiskManifest
 from stratus.storage.dirstore import DirStore
@@ -130,6 +131,7 @@ def export_disk(
         raise ValueError(f"unsupported export format {fmt!r}; expected one of {', '.join(EXPORT_FORMATS)}")
     if fmt == "raw":
         materialize_raw(manifest, store, dest, progress)
+        metrics.EXPORTED_BYTES.inc(manifest.virtual_size)
         return
     vsize = manifest.virtual_size
     scratch = Path(tmp_dir) if tmp_dir is not None else store.scratch_dir
@@ -155,6 +157,7 @@ def export_disk(
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
+    metrics.EXPORTED_BYTES.inc(vsize)
     if progress is not None:
         progress(2 * vsize, 2 * vsize)
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from stratus import metrics
 from stratus.disk import qemu_img
 from stratus.domain.manifest import (
     DEFAULT_CHUNK_SIZE,
@@ -362,6 +363,7 @@ def _ingest_raw_layout(
         os.close(fd)
     report(force=True)
     manifest = done.build()
+    metrics.INGESTED_BYTES.inc(manifest.data_bytes)
     return IngestResult(
         manifest=manifest,
         new_chunks=writer.new_chunks,

@@ -8,6 +8,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from stratus import logs
+from stratus.api import metrics as http_metrics
 from stratus.api.cvm import envelope
 from stratus.api.cvm.auth import authenticate
 from stratus.api.cvm.params import parse_json, unflatten, validate
@@ -74,12 +76,16 @@ def make_endpoint(svc: Services):  # type: ignore[no-untyped-def]
     rate = RateLimiter(svc.settings.limits.requests_per_second, svc.settings.limits.request_burst)
 
     async def endpoint(request: Request) -> Response:
-        request_id = str(uuid.uuid4())
+        request_id = logs.REQUEST_ID.get() or str(uuid.uuid4())  # set by the Observe middleware
+        name = request.headers.get("x-tc-action", "")
+        http_metrics.note(action=name if name in ACTIONS else "unknown")  # a bounded label set
         try:
             body = await read_body(request, limit)
             fields = await run_in_threadpool(_dispatch, svc, request, body, request_id, rate)
         except Exception as exc:
+            http_metrics.note(code=exc.code if isinstance(exc, errors.CvmError) else "InternalError")
             return envelope.failure(exc, request_id)
+        http_metrics.note(code="Success")
         return envelope.success(request_id, fields)
 
     return endpoint
