@@ -33,6 +33,17 @@ class Bucket:
 
 
 @dataclass(frozen=True)
+class StoreSpec:
+    """Where a region keeps its chunks: ``dir`` (``Region.store_path``) or ``s3`` (a bucket; credentials
+    from boto3's usual sources, never from this file)."""
+
+    type: str = "dir"  # "dir" | "s3"
+    endpoint_url: str | None = None
+    bucket: str | None = None
+    prefix: str = "chunks/"
+
+
+@dataclass(frozen=True)
 class Region:
     name: str
     display_name: str
@@ -43,6 +54,7 @@ class Region:
     buckets: tuple[Bucket, ...] = ()
     compute: str = "disk"
     sync_target: bool = True  # SyncImages may copy images into this region (else InvalidRegion.Unavailable)
+    store: StoreSpec = field(default_factory=StoreSpec)  # store_path is its scratch space when type = "s3"
 
     def bucket(self, name: str) -> Bucket | None:
         return next((b for b in self.buckets if b.name == name), None)
@@ -63,6 +75,7 @@ class Limits:
     export_tasks_per_account: int = 8
     task_lease_seconds: float = 30.0
     gc_grace_seconds: float = 3600.0
+    store_retry_seconds: float = 60.0  # an S3 store that fails this long (with backoff) fails the task
     sync_bytes_per_second: int = 0  # pace of SyncImages copies between stores; 0: as fast as the disks go
     sync_max_image_bytes: int = 16384 * GiB  # largest image (all disks, virtual) SyncImages copies
     vm_max_seconds: float = 7 * 24 * 3600
@@ -134,9 +147,27 @@ def parse_networks(spec: str | list[str]) -> tuple[ipaddress.IPv4Network | ipadd
     return tuple(ipaddress.ip_network(s.strip(), strict=False) for s in items if s.strip())
 
 
+def _store(raw: object, region: str) -> tuple[StoreSpec, str | None]:
+    """``store = "PATH"`` (today's form) or ``store = {type = "dir"|"s3", path, endpoint_url, bucket, prefix}``."""
+    if raw is None or isinstance(raw, str):
+        return StoreSpec(), raw
+    if not isinstance(raw, dict):
+        raise ValueError(f"region {region}: `store` is a path or a table {{type = \"dir\" | \"s3\", ...}}")
+    extra = set(raw) - {"type", "path", "endpoint_url", "bucket", "prefix"}
+    kind = raw.get("type", "dir")
+    if extra or kind not in ("dir", "s3") or (kind == "s3" and not raw.get("bucket")):
+        raise ValueError(
+            f"region {region}: store needs type = \"dir\" (optional path) or type = \"s3\" with bucket "
+            f"(optional endpoint_url, prefix); got {sorted(raw)}"
+        )
+    spec = StoreSpec(kind, raw.get("endpoint_url"), raw.get("bucket"), raw.get("prefix", "chunks/"))
+    return spec, raw.get("path")
+
+
 def _region(raw: dict[str, Any], data_dir: Path, compute_override: str | None) -> Region:
     name = raw["name"]
     base = data_dir / "regions" / name
+    store, store_path = _store(raw.get("store"), name)
     buckets_raw = raw.get("buckets") or [{"name": DEFAULT_EXPORT_BUCKET}]
     buckets = tuple(
         Bucket(b["name"], Path(b.get("path") or base / "buckets" / b["name"])) for b in buckets_raw
@@ -145,12 +176,13 @@ def _region(raw: dict[str, Any], data_dir: Path, compute_override: str | None) -
         name=name,
         display_name=raw.get("display_name", name),
         zones=tuple(raw.get("zones") or [f"{name}-1"]),
-        store_path=Path(raw.get("store") or base / "store"),
+        store_path=Path(store_path or base / "store"),
         host_path=Path(raw.get("host") or base / "host"),
         chunk_size=int(raw.get("chunk_size", DEFAULT_CHUNK_SIZE)),
         buckets=buckets,
         compute=compute_override or raw.get("compute", "disk"),
         sync_target=bool(raw.get("sync_target", True)),
+        store=store,
     )
 
 

@@ -6,7 +6,23 @@ import logging
 
 import typer
 
-from stratus.cli.common import ConfigOpt, DataDirOpt, settings
+from stratus.cli.common import EXIT_FAILED, ConfigOpt, DataDirOpt, die, settings
+from stratus.config import Settings
+
+
+def _ready(cfg: Settings):  # type: ignore[no-untyped-def]
+    """The service, its catalog migrated and its stores checked: an S3 store that doesn't answer or whose
+    bucket is missing stops the start with one line naming region, endpoint and bucket."""
+    from stratus.service.runtime import prepare
+    from stratus.storage.chunkstore import StoreUnavailable
+
+    svc = prepare(cfg)
+    try:
+        svc.check_stores()
+    except StoreUnavailable as exc:
+        svc.db.dispose()
+        die(str(exc), EXIT_FAILED)
+    return svc
 
 
 def serve(
@@ -21,11 +37,11 @@ def serve(
     import uvicorn
 
     from stratus.api.app import create_app
-    from stratus.service.runtime import prepare, start_workers
+    from stratus.service.runtime import start_workers
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = settings(data_dir, config)
-    svc = prepare(cfg)
+    svc = _ready(cfg)
     runner = None if no_workers else start_workers(svc)
     logging.getLogger("stratus").info(
         "serving on http://%s:%d, data in %s, catalog %s", host, port, cfg.data_dir, cfg.database_url.split("@")[-1]
@@ -48,10 +64,10 @@ def worker(
     import signal
     import threading
 
-    from stratus.service.runtime import prepare, start_workers
+    from stratus.service.runtime import start_workers
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    svc = prepare(settings(data_dir, config))
+    svc = _ready(settings(data_dir, config))
     runner = start_workers(svc)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from stratus.storage.dirstore import ChunkInfo, ChunkMissing, DirStore
+from stratus.storage.chunkstore import ChunkInfo, ChunkMissing, ChunkStore
 
 _PROGRESS_INTERVAL = 0.25
 
@@ -49,7 +49,7 @@ class FsckReport:
 
 
 def fsck(
-    store: DirStore,
+    store: ChunkStore,
     *,
     expected: Iterable[str] | None = None,
     progress: Callable[[int, int], None] | None = None,

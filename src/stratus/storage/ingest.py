@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 from stratus.disk import qemu_img
 from stratus.domain.manifest import DEFAULT_CHUNK_SIZE, DiskManifest, check_chunk_size, chunk_count, is_digest
-from stratus.storage.dirstore import DirStore
+from stratus.storage.chunkstore import ChunkStore
 
 Progress = Callable[[int, int], None]
 Method = Literal["direct", "converted"]
@@ -85,7 +85,7 @@ _Piece = tuple[int, int, int | None]
 def ingest_disk(
     path: str | os.PathLike[str],
     qemu_format: str,
-    store: DirStore,
+    store: ChunkStore,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     *,
     progress: Progress | None = None,
@@ -239,7 +239,7 @@ def _ingest_raw_layout(
     vsize: int,
     extents: Sequence[qemu_img.Extent],
     *,
-    store: DirStore,
+    store: ChunkStore,
     chunk_size: int,
     method: Method,
     progress: Progress | None,
