@@ -362,12 +362,21 @@ class S3Store:
 
 
 class S3ChunkWriter:
-    """A batch of chunk writes. Each PUT is durable when it returns, so :meth:`commit` has nothing to do;
-    the writer exists so ingest, capture and copy use one API for both stores. Thread-safe."""
+    """A batch of chunk writes. Each PUT is durable when it returns, so :meth:`commit` has nothing to do.
+    Thread-safe.
+
+    Which chunks the store already has is learnt by listing, not by a HEAD per chunk (a HEAD costs
+    about as much as a small PUT on Swift, bench/s3.py): the first chunk whose digest starts with a
+    given hex digit lists that sixteenth of the store once (1000 keys per request); later chunks in it
+    cost no request to decide. A chunk gc deletes after the listing is put back by gc itself, since
+    this writer's task is running (see :meth:`S3Store.delete`).
+    """
 
     def __init__(self, store: S3Store) -> None:
         self.store = store
         self._lock = threading.Lock()
+        self._listed: dict[str, threading.Event] = {}
+        self._known: set[str] = set()
         self._seen: set[str] = set()
         self.new_chunks = 0
         self.new_bytes = 0
@@ -390,7 +399,7 @@ class S3ChunkWriter:
                 return False
             self._seen.add(digest)
         try:
-            if self.store.has(digest):
+            if self._known_present(digest):
                 with self._lock:
                     self.reused_chunks += 1
                 return False
@@ -403,6 +412,32 @@ class S3ChunkWriter:
             self.new_chunks += 1
             self.new_bytes += len(memoryview(data).cast("B"))
         return True
+
+    def _known_present(self, digest: str) -> bool:
+        shard = digest[0]
+        with self._lock:
+            ready = self._listed.get(shard)
+            lister = ready is None
+            if lister:
+                ready = self._listed[shard] = threading.Event()
+        assert ready is not None
+        if lister:
+            try:
+                found = {c.digest for c in self.store._list_chunks(self.store.prefix + shard)}
+            except BaseException:
+                with self._lock:
+                    del self._listed[shard]
+                ready.set()
+                raise
+            with self._lock:
+                self._known |= found
+            ready.set()
+        else:
+            ready.wait()
+            if shard not in self._listed:  # the lister failed: ask this one directly
+                return self.store.has(digest)
+        with self._lock:
+            return digest in self._known
 
     def commit(self) -> None:
         """Every PUT that returned is durable already."""
