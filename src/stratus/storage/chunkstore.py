@@ -143,6 +143,7 @@ class ChunkStore(Protocol):
     """What ingest, export, capture, copy, gc and fsck need of a store (see the module docstring)."""
 
     scratch_dir: Path  # local scratch space for conversions and exports
+    concurrency: int  # requests worth keeping in flight: a disk saturates with few, an object store needs more
 
     def has(self, digest: str) -> bool: ...
 

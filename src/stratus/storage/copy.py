@@ -104,7 +104,7 @@ def copy_chunks(
     progress: Callable[[CopyProgress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     max_bytes_per_second: float = 0,
-    workers: int = 4,
+    workers: int | None = None,
     report_every_bytes: int = 64 * MiB,
     report_every_seconds: float = 1.0,
 ) -> CopyResult:
@@ -117,6 +117,7 @@ def copy_chunks(
     ``report_every_seconds`` seconds, and once at the end.
     """
     order = list(dict.fromkeys(check_digest(d) for d in digests))
+    workers = workers or dst.concurrency
     # One batch question (a directory touches each; an object store lists by prefix, not a HEAD each).
     # A chunk gc is deleting right now reads as missing and is copied again: the safe side.
     present_sizes = dst.present(order)

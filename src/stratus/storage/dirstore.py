@@ -102,6 +102,7 @@ class DirStore:
         self.chunks_dir = self.root / "chunks"
         self.scratch_dir = self.root / "tmp"
         self.durable = durable
+        self.concurrency = 4  # two cores busy while others wait on fsync (bench/chunk_size.py)
         self.direct_io = direct_io
         self._local = threading.local()
         for d in (self.root, self.chunks_dir, self.scratch_dir):

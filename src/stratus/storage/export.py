@@ -42,12 +42,13 @@ _PROGRESS_INTERVAL = 0.25
 
 def _verified_chunks(manifest: DiskManifest, store: ChunkStore) -> Iterator[tuple[int, bytes | None]]:
     """(index, bytes or None for a zero chunk) in order, reading a few chunks ahead in threads."""
-    with ThreadPoolExecutor(max_workers=_READ_THREADS, thread_name_prefix="export") as pool:
+    threads = max(_READ_THREADS, store.concurrency)
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="export") as pool:
         pending: deque[tuple[int, Future[bytes] | None]] = deque()
         try:
             for index, digest in enumerate(manifest.chunks):
                 pending.append((index, pool.submit(store.get, digest) if digest is not None else None))
-                while len(pending) > _READ_AHEAD:
+                while len(pending) > max(_READ_AHEAD, 2 * threads):
                     i, fut = pending.popleft()
                     yield i, fut.result() if fut is not None else None
             while pending:

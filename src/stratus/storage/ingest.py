@@ -92,7 +92,7 @@ def ingest_disk(
     should_stop: Callable[[], bool] | None = None,
     already: Sequence[str | None] | None = None,
     tmp_dir: str | os.PathLike[str] | None = None,
-    workers: int = DEFAULT_WORKERS,
+    workers: int | None = None,
 ) -> IngestResult:
     """Store the disk in ``path`` (qemu driver ``qemu_format``, never probed) and return its manifest.
 
@@ -125,7 +125,7 @@ def ingest_disk(
             progress=_scaled(progress, base, vsize + base),
             should_stop=should_stop,
             already=already,
-            workers=workers,
+            workers=workers or store.concurrency,
         )
 
     if _direct_readable(path, qemu_format, info, extents):
