@@ -96,6 +96,19 @@ def test_present_lists_instead_of_one_head_per_chunk(store: S3Store) -> None:
     assert store.requests - before <= 16
 
 
+def test_listing_follows_continuation_tokens(store: S3Store) -> None:
+    """S3 returns at most 1000 keys per LIST; with 7 per page, 30 chunks take several pages."""
+    store.list_page = 7
+    blobs = [os.urandom(100 + i) for i in range(30)]
+    with store.writer() as w:
+        for b in blobs:
+            w.put_data(b)
+    before = store.requests
+    assert sorted(c.digest for c in store.iter_chunks()) == sorted(digest(b) for b in blobs)
+    assert store.requests - before >= 5
+    assert store.present([digest(b) for b in blobs] + ["f" * 64] * 70) == {digest(b): len(b) for b in blobs}
+
+
 def test_gc_delete_puts_the_chunk_back_unless_quiet(swift: SwiftS3, bucket: str, tmp_path: Path) -> None:
     """gc moves a chunk aside, deletes it, and restores it if any task ran since gc planned: a writer that
     reused it in that window loses nothing. Without a quiet hook (no catalog), gc deletes nothing."""

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import blake3
 import boto3
@@ -54,8 +54,6 @@ from stratus.storage.chunkstore import (
     verified_digest,
     zero_digest,
 )
-
-T = TypeVar("T")
 
 TRASH = "gc/"  # under the prefix: chunks gc is deleting
 _NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
@@ -99,6 +97,7 @@ class S3Store:
         self.scratch_dir = Path(scratch_dir)
         self.scratch_dir.mkdir(parents=True, exist_ok=True)
         self.requests = 0  # S3 requests made (bench/s3.py reports requests per GiB)
+        self.list_page = 1000  # keys per LIST request (S3's maximum)
         self._count_lock = threading.Lock()
         # Credentials come from boto3's usual chain (environment, profiles, instance roles), never config.
         self.client = client or boto3.session.Session().client(
@@ -309,7 +308,7 @@ class S3Store:
     def _list(self, prefix: str) -> Iterator[dict[str, Any]]:
         token: str | None = None
         while True:
-            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": 1000}
+            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": self.list_page}
             if token:
                 kwargs["ContinuationToken"] = token
             page = self._call("list_objects_v2", **kwargs)
