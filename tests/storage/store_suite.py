@@ -189,7 +189,7 @@ def test_writer_threads_and_duplicates(store: ChunkStore) -> None:
     work = blobs * 4  # every blob four times, from many threads at once
     results: list[tuple[str | None, bool]] = []
     lock = threading.Lock()
-    with store.writer() as w:
+    with store.writer(expected=1000) as w:  # a large batch (an object store lists instead of asking)
 
         def run(items: list[bytes]) -> None:
             for b in items:

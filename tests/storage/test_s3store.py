@@ -97,11 +97,26 @@ def test_present_lists_instead_of_one_head_per_chunk(store: S3Store) -> None:
     assert store.requests - before < 40
 
 
+def test_small_batches_ask_large_batches_list(store: S3Store) -> None:
+    from stratus.storage.s3store import LIST_FROM
+
+    old = os.urandom(1000)
+    store.put(digest(old), old)
+    before = store.requests
+    with store.writer(expected=3) as w:  # a small capture: one HEAD per chunk, no listing
+        w.put_data(old)
+    assert store.requests - before == 1
+    before = store.requests
+    with store.writer(expected=LIST_FROM) as w:  # an import: one LIST for this sixteenth of the store
+        assert w.put_data(old) == (digest(old), False)
+    assert store.requests - before == 1
+
+
 def test_listing_follows_continuation_tokens(store: S3Store) -> None:
     """S3 returns at most 1000 keys per LIST; with 7 per page, 30 chunks take several pages."""
     store.list_page = 7
     blobs = [os.urandom(100 + i) for i in range(30)]
-    with store.writer() as w:
+    with store.writer(expected=1000) as w:
         for b in blobs:
             w.put_data(b)
     before = store.requests

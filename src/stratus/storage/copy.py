@@ -122,7 +122,7 @@ def copy_chunks(
     # A chunk gc is deleting right now reads as missing and is copied again: the safe side.
     present_sizes = dst.present(order)
     pace = Pace(max_bytes_per_second)
-    writer = dst.writer()
+    writer = dst.writer(expected=len(order) - len(present_sizes))
     stop = should_stop or (lambda: False)
 
     def one(digest: str) -> tuple[bool, int]:

@@ -255,8 +255,9 @@ class DirStore:
         trash.unlink()
         return True
 
-    def writer(self) -> ChunkWriter:
-        """A batch writer: chunk files are fsynced as written, their directories once at commit()."""
+    def writer(self, expected: int | None = None) -> ChunkWriter:
+        """A batch writer: chunk files are fsynced as written, their directories once at commit().
+        (``expected``, the number of chunks the batch may write, matters to object stores only.)"""
         return ChunkWriter(self)
 
     # --- listing

@@ -252,7 +252,7 @@ def _ingest_raw_layout(
         raise ValueError("`already` is not a chunk-digest prefix of this disk")
     zero_view = memoryview(bytes(chunk_size))
     local = threading.local()
-    writer = store.writer()
+    writer = store.writer(expected=n_chunks)
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     with contextlib.suppress(OSError):
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)

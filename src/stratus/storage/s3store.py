@@ -64,6 +64,9 @@ _TRANSIENT = frozenset({"500", "502", "503", "504", "InternalError", "ServiceUna
 # costs about 16 + chunks_in_store/1000 requests (bench/s3.py measures both, docs/design.md).
 _HEAD_LIMIT = 64
 _THREADS = 16
+# A writer expecting at least this many chunks lists the store (about 16 + chunks_in_store/1000 requests)
+# instead of asking one HEAD per chunk: an import lists, a small capture asks.
+LIST_FROM = 256
 
 
 class S3Store:
@@ -300,8 +303,10 @@ class S3Store:
                        CopySource={"Bucket": self.bucket, "Key": trash})
         self._call("delete_object", Bucket=self.bucket, Key=trash)
 
-    def writer(self) -> S3ChunkWriter:
-        return S3ChunkWriter(self)
+    def writer(self, expected: int | None = None) -> S3ChunkWriter:
+        """A batch writer; ``expected`` (how many chunks the batch may write) picks how it learns which
+        the store has: a LIST of the store when the batch is large, a HEAD per chunk when it is small."""
+        return S3ChunkWriter(self, list_store=(expected or 0) >= LIST_FROM)
 
     # --- listing
 
@@ -366,15 +371,17 @@ class S3ChunkWriter:
     """A batch of chunk writes. Each PUT is durable when it returns, so :meth:`commit` has nothing to do.
     Thread-safe.
 
-    Which chunks the store already has is learnt by listing, not by a HEAD per chunk (a HEAD costs
-    about as much as a small PUT on Swift, bench/s3.py): the first chunk whose digest starts with a
-    given hex digit lists that sixteenth of the store once (1000 keys per request); later chunks in it
-    cost no request to decide. A chunk gc deletes after the listing is put back by gc itself, since
-    this writer's task is running (see :meth:`S3Store.delete`).
+    For a large batch (``list_store``), which chunks the store already has is learnt by listing, not by
+    a HEAD per chunk (a HEAD costs about as much as a small PUT on Swift, bench/s3.py): the first chunk
+    whose digest starts with a given hex digit lists that sixteenth of the store once (1000 keys per
+    request); later chunks in it cost no request to decide. A small batch asks a HEAD per chunk, which
+    costs less than listing a large store. A chunk gc deletes after the listing is put back by gc
+    itself, since this writer's task is running (see :meth:`S3Store.delete`).
     """
 
-    def __init__(self, store: S3Store) -> None:
+    def __init__(self, store: S3Store, *, list_store: bool = True) -> None:
         self.store = store
+        self.list_store = list_store
         self._lock = threading.Lock()
         self._listed: dict[str, threading.Event] = {}
         self._known: set[str] = set()
@@ -415,6 +422,8 @@ class S3ChunkWriter:
         return True
 
     def _known_present(self, digest: str) -> bool:
+        if not self.list_store:
+            return self.store.has(digest)
         shard = digest[0]
         with self._lock:
             ready = self._listed.get(shard)
