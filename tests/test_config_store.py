@@ -36,3 +36,13 @@ def test_dir_is_the_default_and_a_plain_path_still_works(tmp_path: Path) -> None
 def test_bad_store_tables_are_refused_with_the_region_named(tmp_path: Path, store: str) -> None:
     with pytest.raises(ValueError, match="region r1: "):
         settings_from(tmp_path, f'[[regions]]\nname = "r1"\nstore = {store}\n')
+
+
+def test_export_buckets_in_s3(tmp_path: Path) -> None:
+    s = settings_from(tmp_path, '[[regions]]\nname = "r1"\nbuckets = [{ name = "stratus-exports", type = "s3", '
+                      'endpoint_url = "http://127.0.0.1:8080", bucket = "exp" }, { name = "local" }]\n')
+    s3, local = s.region("r1").buckets
+    assert s3.s3 == StoreSpec("s3", "http://127.0.0.1:8080", "exp", "exports/")
+    assert local.s3 is None and local.path == tmp_path / "var/regions/r1/buckets/local"
+    with pytest.raises(ValueError, match="region r1: bucket 'x' has type 'ftp'"):
+        settings_from(tmp_path, '[[regions]]\nname = "r1"\nbuckets = [{ name = "x", type = "ftp" }]\n')

@@ -26,10 +26,12 @@ DEFAULT_EXPORT_BUCKET = "stratus-exports"
 
 @dataclass(frozen=True)
 class Bucket:
-    """An export destination: a directory the owner downloads from through the server."""
+    """An export destination the owner downloads from through the server: a directory, or objects in an
+    S3 bucket (``s3``; ``path`` is then the local staging directory)."""
 
     name: str
     path: Path
+    s3: StoreSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -164,13 +166,24 @@ def _store(raw: object, region: str) -> tuple[StoreSpec, str | None]:
     return spec, raw.get("path")
 
 
+def _bucket_s3(raw: dict[str, Any], region: str) -> StoreSpec | None:
+    """``{name, path}`` (a directory) or ``{name, type = "s3", endpoint_url, bucket, prefix}``."""
+    kind = raw.get("type", "dir")
+    if kind == "dir":
+        return None
+    if kind != "s3":
+        raise ValueError(f"region {region}: bucket {raw.get('name')!r} has type {kind!r}; use \"dir\" or \"s3\"")
+    return StoreSpec("s3", raw.get("endpoint_url"), raw.get("bucket") or raw["name"], raw.get("prefix", "exports/"))
+
+
 def _region(raw: dict[str, Any], data_dir: Path, compute_override: str | None) -> Region:
     name = raw["name"]
     base = data_dir / "regions" / name
     store, store_path = _store(raw.get("store"), name)
     buckets_raw = raw.get("buckets") or [{"name": DEFAULT_EXPORT_BUCKET}]
     buckets = tuple(
-        Bucket(b["name"], Path(b.get("path") or base / "buckets" / b["name"])) for b in buckets_raw
+        Bucket(b["name"], Path(b.get("path") or base / "buckets" / b["name"]), _bucket_s3(b, name))
+        for b in buckets_raw
     )
     return Region(
         name=name,

@@ -33,6 +33,9 @@ GZ, SH = "ap-guangzhou", "ap-shanghai"
 def s3_regions(swift: SwiftS3, gz_bucket: str, sh_bucket: str) -> str:
     return (
         f'[[regions]]\nname = "{GZ}"\nzones = ["{GZ}-1", "{GZ}-2"]\n'
+        # Exports of this region go to the same bucket under exports/ (streamed back through Stratus).
+        f'buckets = [{{ name = "stratus-exports", type = "s3", endpoint_url = "{swift.endpoint_url}", '
+        f'bucket = "{gz_bucket}", prefix = "exports/" }}]\n'
         f'store = {{ type = "s3", endpoint_url = "{swift.endpoint_url}", bucket = "{gz_bucket}", '
         'prefix = "chunks/" }\n'
         f'[[regions]]\nname = "{SH}"\nzones = ["{SH}-1"]\n'
@@ -112,8 +115,12 @@ def test_round_trip_through_a_bucket(s3server: Server, swift: SwiftS3, buckets: 
         else [("RAW", "raw")]
     for out_fmt, driver in exports:
         req = {"BucketName": "stratus-exports", "ImageIds": [image_id], "ExportFormat": out_fmt}
-        task_id = s3server.common(alice).call_json("ExportImages", req)["Response"]["TaskId"]
-        assert wait_task(s3server, alice, task_id)["TaskState"] == "SUCCESS"
+        resp = s3server.common(alice).call_json("ExportImages", req)["Response"]
+        assert wait_task(s3server, alice, resp["TaskId"])["TaskState"] == "SUCCESS"
+        # The export lives in S3 (under exports/), not in the local bucket directory.
+        listed = swift.client().list_objects_v2(Bucket=buckets[0], Prefix="exports/").get("Contents", [])
+        assert "exports/" + resp["CosPaths"][0].lstrip("/") in {o["Key"] for o in listed}
+        assert not [p for p in (s3server.data_dir / "regions" / GZ / "buckets").rglob("*") if p.is_file()]
         out = tmp_path / f"out.{out_fmt.lower()}"
         s3server.run("image", "export", image_id, "--format", out_fmt.lower(), "-o", str(out), env=alice.env())
         assert qemu_img.compare(reference, "raw", out, driver), f"{fmt} → {out_fmt} differs"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from stratus.catalog.db import Database, open_database
 from stratus.config import Region, Settings
@@ -26,6 +27,7 @@ class Services:
     settings: Settings
     db: Database
     _stores: dict[str, ChunkStore] = field(default_factory=dict)
+    _buckets: dict[str, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     # Called after a task is queued so in-process workers wake at once instead of at their next poll.
     on_task_queued: Callable[[], None] = lambda: None
@@ -62,6 +64,23 @@ class Services:
                        scratch_dir=region.store_path / "tmp", retry_seconds=self.settings.limits.store_retry_seconds,
                        quiet=lambda since: self.region_quiet(region.name, since))
 
+    def export_objects(self, region: str, bucket: str):  # type: ignore[no-untyped-def]
+        """The S3Objects of an export bucket kept in S3, None for a directory bucket."""
+        spec = self.region(region).bucket(bucket)
+        if spec is None or spec.s3 is None:
+            return None
+        key = f"{region}/{bucket}"
+        with self._lock:
+            objects = self._buckets.get(key)
+            if objects is None:
+                from stratus.storage.s3store import S3Objects
+
+                assert spec.s3.bucket
+                objects = self._buckets[key] = S3Objects(
+                    bucket=spec.s3.bucket, endpoint_url=spec.s3.endpoint_url, prefix=spec.s3.prefix,
+                    retry_seconds=self.settings.limits.store_retry_seconds)
+            return objects
+
     def region_quiet(self, region: str, since: float) -> bool:
         """True if no task of the region is queued or running, and none finished at or after ``since``:
         then no writer can have reused a chunk gc planned to delete (see storage/s3store.py)."""
@@ -84,13 +103,14 @@ class Services:
         from stratus.storage.chunkstore import StoreUnavailable
 
         for region in self.settings.regions:
-            if region.store.type != "s3":
-                continue
-            store = self.store(region.name)
-            try:
-                store.check()
-            except StoreUnavailable as exc:
-                raise StoreUnavailable(
-                    f"region {region.name}: the S3 store at {region.store.endpoint_url or 'AWS'} bucket "
-                    f"{region.store.bucket!r} can't be used: {exc}"
-                ) from None
+            checks = [(region.store, lambda r=region: self.store(r.name).check())] if region.store.type == "s3" else []
+            checks += [(b.s3, lambda r=region, b=b: self.export_objects(r.name, b.name).check())
+                       for b in region.buckets if b.s3 is not None]
+            for spec, check in checks:
+                try:
+                    check()
+                except StoreUnavailable as exc:
+                    raise StoreUnavailable(
+                        f"region {region.name}: the S3 store at {spec.endpoint_url or 'AWS'} bucket "
+                        f"{spec.bucket!r} can't be used: {exc}"
+                    ) from None

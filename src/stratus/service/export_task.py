@@ -48,13 +48,19 @@ class ExportHandler:
                 ctx.report("export", 100.0 * (n + (done / size if size else 1.0)) / total)
 
             export_disk(manifest, store, part, fmt, progress=on_progress, tmp_dir=svc.settings.tmp_dir)
-            os.replace(part, dest)
+            size = part.stat().st_size
+            objects = svc.export_objects(ctx.region, ctx.payload["bucket"])
+            if objects is not None:  # an export bucket in S3: the local file was only staging
+                objects.upload(part, item["key"])
+                part.unlink()
+            else:
+                os.replace(part, dest)
             with svc.db.write() as s:
                 s.execute(
                     update(ExportObject)
                     .where(ExportObject.region == ctx.region, ExportObject.bucket == ctx.payload["bucket"],
                            ExportObject.key == item["key"])
-                    .values(state="DONE", size=dest.stat().st_size)
+                    .values(state="DONE", size=size)
                 )
         return {"CosPaths": ["/" + item["key"] for item in items]}
 

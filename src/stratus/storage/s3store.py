@@ -29,6 +29,7 @@ Only this module imports botocore: every S3 error is translated here.
 
 from __future__ import annotations
 
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator
@@ -56,6 +57,7 @@ from stratus.storage.chunkstore import (
 )
 
 TRASH = "gc/"  # under the prefix: chunks gc is deleting
+_NO_SCRATCH = Path(tempfile.gettempdir())  # S3Objects never uses scratch space
 _NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
 _TRANSIENT = frozenset({"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown",
                         "RequestTimeout", "RequestTimeTooSkewed", "Throttling"})
@@ -67,6 +69,28 @@ _THREADS = 16
 # A writer expecting at least this many chunks lists the store (about 16 + chunks_in_store/1000 requests)
 # instead of asking one HEAD per chunk: an import lists, a small capture asks.
 LIST_FROM = 256
+
+
+def make_client(endpoint_url: str | None, region_name: str | None = None) -> Any:
+    """A boto3 S3 client. Credentials come from boto3's usual chain (environment, profiles, instance
+    roles), never from Stratus's configuration."""
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=endpoint_url,
+        region_name=region_name or "us-east-1",
+        config=Config(
+            s3={"addressing_style": "path"},
+            signature_version="s3v4",
+            retries={"max_attempts": 4, "mode": "standard"},
+            connect_timeout=5,
+            read_timeout=60,
+            max_pool_connections=32,
+            # We verify every chunk with BLAKE3; botocore's default trailing CRC (aws-chunked uploads) is
+            # not understood by every S3-compatible server.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        ),
+    )
 
 
 class S3Store:
@@ -102,24 +126,7 @@ class S3Store:
         self.requests = 0  # S3 requests made (bench/s3.py reports requests per GiB)
         self.list_page = 1000  # keys per LIST request (S3's maximum)
         self._count_lock = threading.Lock()
-        # Credentials come from boto3's usual chain (environment, profiles, instance roles), never config.
-        self.client = client or boto3.session.Session().client(
-            "s3",
-            endpoint_url=endpoint_url,
-            region_name=region_name or "us-east-1",
-            config=Config(
-                s3={"addressing_style": "path"},
-                signature_version="s3v4",
-                retries={"max_attempts": 4, "mode": "standard"},
-                connect_timeout=5,
-                read_timeout=60,
-                max_pool_connections=32,
-                # We verify every chunk with BLAKE3; botocore's default trailing CRC (aws-chunked
-                # uploads) is not understood by every S3-compatible server.
-                request_checksum_calculation="when_required",
-                response_checksum_validation="when_required",
-            ),
-        )
+        self.client = client or make_client(endpoint_url, region_name)
 
     def __repr__(self) -> str:
         return f"S3Store({self.describe()!r})"
@@ -460,10 +467,57 @@ class S3ChunkWriter:
             self.commit()
 
 
+class S3Objects:
+    """Exported files as objects under ``prefix`` in ``bucket`` (an export bucket kept in S3). The owner
+    still downloads through Stratus, with the same authorization as from a directory: the server streams
+    the object (``read`` with a byte range)."""
+
+    def __init__(self, *, bucket: str, endpoint_url: str | None = None, prefix: str = "exports/",
+                 retry_seconds: float = 60.0, client: Any = None) -> None:
+        # An S3Store over the same bucket lends its retrying request helper; its chunk verbs are unused.
+        self._s3 = S3Store(bucket=bucket, endpoint_url=endpoint_url, prefix="", scratch_dir=_NO_SCRATCH,
+                           retry_seconds=retry_seconds, client=client)
+        self.bucket = bucket
+        self.prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
+        self.endpoint_url = endpoint_url
+
+    def check(self) -> None:
+        self._s3.check()
+
+    def upload(self, path: Path, key: str) -> None:
+        """Upload a local file (multipart for large files, boto3's default transfer settings)."""
+        deadline = time.monotonic() + self._s3.retry_seconds
+        while True:
+            try:
+                self._s3.client.upload_file(str(path), self.bucket, self.prefix + key)
+                return
+            except Exception as exc:  # s3transfer wraps botocore's errors in its own types
+                if time.monotonic() > deadline:
+                    raise StoreUnavailable(f"uploading {key} to bucket {self.bucket!r} at "
+                                           f"{self.endpoint_url or 'AWS'}: {exc}") from exc
+                time.sleep(1.0)
+
+    def size(self, key: str) -> int | None:
+        head = self._s3._head(self.prefix + key)
+        return None if head is None else int(head["ContentLength"])
+
+    def read(self, key: str, start: int, end: int) -> Iterator[bytes]:
+        """Bytes ``start``..``end`` (inclusive) of the object, in pieces."""
+        resp = self._s3._call("get_object", Bucket=self.bucket, Key=self.prefix + key, Range=f"bytes={start}-{end}")
+        body = resp["Body"]
+        try:
+            yield from body.iter_chunks(1 << 20)
+        finally:
+            body.close()
+
+    def delete(self, key: str) -> None:
+        self._s3._call("delete_object", Bucket=self.bucket, Key=self.prefix + key)
+
+
 def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", "")) or str(
         exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "")
     )
 
 
-__all__ = ["S3ChunkWriter", "S3Store"]
+__all__ = ["S3ChunkWriter", "S3Objects", "S3Store", "make_client"]
