@@ -217,3 +217,20 @@ def wait_for(predicate: Any, timeout: float = 60.0, interval: float = 0.2, what:
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def swift(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real S3 endpoint for the whole session: Swift s3api on free loopback ports (tests/s3server.py)."""
+    from tests.s3server import SwiftS3, missing_binaries
+
+    missing = missing_binaries()
+    if missing:
+        pytest.fail(f"Swift is not installed ({', '.join(missing)}); `make deps` installs it "
+                    "(scripts/debian-packages.txt)")
+    server = SwiftS3(tmp_path_factory.mktemp("swift"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()

@@ -36,7 +36,7 @@ DEFAULT_EXPORT_BUCKET = "stratus-exports"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-class ConfigError(Exception):
+class ConfigError(ValueError):
     """The configuration can't be used; the message is one line naming the file or variable and the key."""
 
 
@@ -108,10 +108,23 @@ class _Amounts(_Section):
 
 @dataclass(frozen=True)
 class Bucket:
-    """An export destination: a directory the owner downloads from through the server."""
+    """An export destination the owner downloads from through the server: a directory, or objects in an
+    S3 bucket (``s3``; ``path`` is then the local staging directory)."""
 
     name: str
     path: Path
+    s3: StoreSpec | None = None
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """Where a region keeps its chunks: ``dir`` (``Region.store_path``) or ``s3`` (a bucket; credentials
+    from boto3's usual sources, never from this file)."""
+
+    type: str = "dir"  # "dir" | "s3"
+    endpoint_url: str | None = None
+    bucket: str | None = None
+    prefix: str = "chunks/"
 
 
 @dataclass(frozen=True)
@@ -125,6 +138,7 @@ class Region:
     buckets: tuple[Bucket, ...] = ()
     compute: str = "disk"
     sync_target: bool = True  # SyncImages may copy images into this region (else InvalidRegion.Unavailable)
+    store: StoreSpec = field(default_factory=StoreSpec)  # store_path is its scratch space when type = "s3"
 
     def bucket(self, name: str) -> Bucket | None:
         return next((b for b in self.buckets if b.name == name), None)
@@ -151,6 +165,7 @@ class Limits(_Amounts):
     request_burst: int = 200  # calls an idle account may make at once
     task_lease_seconds: PositiveSeconds = 30.0
     gc_grace_seconds: float = 3600.0
+    store_retry_seconds: float = 60.0  # an S3 store that fails this long (with backoff) fails the task
     sync_bytes_per_second: int = 0  # pace of SyncImages copies between stores; 0: as fast as the disks go
     sync_max_image_bytes: Positive = 16384 * GiB  # largest image (all disks, virtual) SyncImages copies
     vm_max_seconds: PositiveSeconds = 7 * 24 * 3600
@@ -223,7 +238,11 @@ class Settings:
 
 class BucketFile(_Section):
     name: Name
-    path: str | None = None  # default DATA_DIR/regions/<region>/buckets/<name>
+    path: str | None = None  # default DATA_DIR/regions/<region>/buckets/<name> (staging, when type = "s3")
+    type: str = "dir"  # "dir" or "s3" (checked with the region named, in _bucket_s3)
+    endpoint_url: str | None = None
+    bucket: str | None = None  # default: the name
+    prefix: str = "exports/"
 
 
 class RegionFile(_Section):
@@ -232,7 +251,9 @@ class RegionFile(_Section):
     name: Name
     display_name: str | None = None  # default: the name
     zones: Annotated[list[NonEmpty], Field(min_length=1), AfterValidator(_unique("zone"))] = []  # ["<name>-1"]
-    store: str | None = None  # the chunk store directory; default DATA_DIR/regions/<name>/store
+    # the chunk store: a directory path (default DATA_DIR/regions/<name>/store) or a table
+    # {type = "dir"|"s3", path, endpoint_url, bucket, prefix}, checked with the region named in _store
+    store: Any = None
     host: str | None = None  # bases and instance disks; default DATA_DIR/regions/<name>/host
     chunk_size: Annotated[int, AfterValidator(_chunk_size)] = DEFAULT_CHUNK_SIZE
     buckets: Annotated[list[BucketFile], Field(min_length=1), AfterValidator(_unique("bucket"))] = [
@@ -363,18 +384,48 @@ def _read_file(path: str) -> ConfigFile:
         raise ConfigError(_describe(exc, path)) from None
 
 
+def _store(raw: object, region: str) -> tuple[StoreSpec, str | None]:
+    """``store = "PATH"`` (today's form) or ``store = {type = "dir"|"s3", path, endpoint_url, bucket, prefix}``."""
+    if raw is None or isinstance(raw, str):
+        return StoreSpec(), raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"region {region}: `store` is a path or a table {{type = \"dir\" | \"s3\", ...}}")
+    extra = set(raw) - {"type", "path", "endpoint_url", "bucket", "prefix"}
+    kind = raw.get("type", "dir")
+    if extra or kind not in ("dir", "s3") or (kind == "s3" and not raw.get("bucket")):
+        raise ConfigError(
+            f"region {region}: store needs type = \"dir\" (optional path) or type = \"s3\" with bucket "
+            f"(optional endpoint_url, prefix); got {sorted(raw)}"
+        )
+    spec = StoreSpec(kind, raw.get("endpoint_url"), raw.get("bucket"), raw.get("prefix", "chunks/"))
+    return spec, raw.get("path")
+
+
+def _bucket_s3(raw: BucketFile, region: str) -> StoreSpec | None:
+    """``{name, path}`` (a directory) or ``{name, type = "s3", endpoint_url, bucket, prefix}``."""
+    kind = raw.type
+    if kind == "dir":
+        return None
+    if kind != "s3":
+        raise ConfigError(f"region {region}: bucket {raw.name!r} has type {kind!r}; use \"dir\" or \"s3\"")
+    return StoreSpec("s3", raw.endpoint_url, raw.bucket or raw.name, raw.prefix)
+
+
 def _region(raw: RegionFile, data_dir: Path, compute_override: str | None) -> Region:
     base = data_dir / "regions" / raw.name
+    store, store_path = _store(raw.store, raw.name)
     return Region(
         name=raw.name,
         display_name=raw.display_name or raw.name,
         zones=tuple(raw.zones or [f"{raw.name}-1"]),
-        store_path=Path(raw.store or base / "store"),
+        store_path=Path(store_path or base / "store"),
         host_path=Path(raw.host or base / "host"),
         chunk_size=raw.chunk_size,
-        buckets=tuple(Bucket(b.name, Path(b.path or base / "buckets" / b.name)) for b in raw.buckets),
+        buckets=tuple(Bucket(b.name, Path(b.path or base / "buckets" / b.name), _bucket_s3(b, raw.name))
+                      for b in raw.buckets),
         compute=compute_override or raw.compute,
         sync_target=raw.sync_target,
+        store=store,
     )
 
 

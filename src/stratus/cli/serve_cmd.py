@@ -7,7 +7,8 @@ import signal
 
 import typer
 
-from stratus.cli.common import ConfigOpt, DataDirOpt, die, settings
+from stratus.cli.common import EXIT_FAILED, ConfigOpt, DataDirOpt, die, settings
+from stratus.config import Settings
 
 LogLevelOpt = typer.Option("info", "--log-level", help="debug, info, warning or error.")
 LogFormatOpt = typer.Option(None, "--log-format", help="json (one object per line) or text; default json "
@@ -20,6 +21,23 @@ def _setup_logs(level: str, fmt: str | None) -> None:
     if fmt not in (None, "json", "text"):
         die(f"--log-format must be json or text, not {fmt!r}")
     logs.setup(level, fmt)  # type: ignore[arg-type]
+
+
+
+
+def _ready(cfg: Settings):  # type: ignore[no-untyped-def]
+    """The service, its catalog migrated and its stores checked: an S3 store that doesn't answer or whose
+    bucket is missing stops the start with one line naming region, endpoint and bucket."""
+    from stratus.service.runtime import prepare
+    from stratus.storage.chunkstore import StoreUnavailable
+
+    svc = prepare(cfg)
+    try:
+        svc.check_stores()
+    except StoreUnavailable as exc:
+        svc.db.dispose()
+        die(str(exc), EXIT_FAILED)
+    return svc
 
 
 def serve(
@@ -35,7 +53,7 @@ def serve(
     import uvicorn
 
     from stratus.api.app import create_app
-    from stratus.service.runtime import prepare, start_workers
+    from stratus.service.runtime import start_workers
 
     _setup_logs(log_level, log_format)
     # uvicorn handles SIGTERM/SIGINT while it serves, then raises the signal again under the handler that
@@ -44,7 +62,7 @@ def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _exit_on_signal)
     cfg = settings(data_dir, config)
-    svc = prepare(cfg)
+    svc = _ready(cfg)
     runner = None if no_workers else start_workers(svc)
     logging.getLogger("stratus").info(
         "serving on http://%s:%d, data in %s, catalog %s", host, port, cfg.data_dir, cfg.database_url.split("@")[-1]
@@ -75,10 +93,10 @@ def worker(
     import signal
     import threading
 
-    from stratus.service.runtime import prepare, start_workers
+    from stratus.service.runtime import start_workers
 
     _setup_logs(log_level, log_format)
-    svc = prepare(settings(data_dir, config))
+    svc = _ready(settings(data_dir, config))
     if metrics_port:
         from prometheus_client import start_http_server
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from stratus.catalog.db import Database, open_database
 from stratus.config import Region, Settings
 from stratus.domain import errors
+from stratus.storage.chunkstore import ChunkStore
 from stratus.storage.dirstore import DirStore
 
 
@@ -24,7 +26,8 @@ class Caller:
 class Services:
     settings: Settings
     db: Database
-    _stores: dict[str, DirStore] = field(default_factory=dict)
+    _stores: dict[str, ChunkStore] = field(default_factory=dict)
+    _buckets: dict[str, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     # Called after a task is queued so in-process workers wake at once instead of at their next poll.
     on_task_queued: Callable[[], None] = lambda: None
@@ -41,10 +44,73 @@ class Services:
             raise errors.InvalidRegionNotFound(region=name)
         return region
 
-    def store(self, region: str) -> DirStore:
+    def store(self, region: str) -> ChunkStore:
+        """The region's chunk store, as its configuration says (``store = {type = "dir" | "s3"}``)."""
         with self._lock:
             store = self._stores.get(region)
             if store is None:
-                store = DirStore(self.region(region).store_path)
+                store = self._open_store(self.region(region))
                 self._stores[region] = store
             return store
+
+    def _open_store(self, region: Region) -> ChunkStore:
+        spec = region.store
+        if spec.type != "s3":
+            return DirStore(region.store_path)
+        from stratus.storage.s3store import S3Store  # boto3 loads only where a region uses S3
+
+        assert spec.bucket
+        return S3Store(bucket=spec.bucket, endpoint_url=spec.endpoint_url, prefix=spec.prefix,
+                       scratch_dir=region.store_path / "tmp", retry_seconds=self.settings.limits.store_retry_seconds,
+                       quiet=lambda since: self.region_quiet(region.name, since))
+
+    def export_objects(self, region: str, bucket: str):  # type: ignore[no-untyped-def]
+        """The S3Objects of an export bucket kept in S3, None for a directory bucket."""
+        spec = self.region(region).bucket(bucket)
+        if spec is None or spec.s3 is None:
+            return None
+        key = f"{region}/{bucket}"
+        with self._lock:
+            objects = self._buckets.get(key)
+            if objects is None:
+                from stratus.storage.s3store import S3Objects
+
+                assert spec.s3.bucket
+                objects = self._buckets[key] = S3Objects(
+                    bucket=spec.s3.bucket, endpoint_url=spec.s3.endpoint_url, prefix=spec.s3.prefix,
+                    retry_seconds=self.settings.limits.store_retry_seconds)
+            return objects
+
+    def region_quiet(self, region: str, since: float) -> bool:
+        """True if no task of the region is queued or running, and none finished at or after ``since``:
+        then no writer can have reused a chunk gc planned to delete (see storage/s3store.py)."""
+        from sqlalchemy import or_, select
+
+        from stratus.catalog.models import Task
+
+        with self.db.read() as s:
+            busy = s.scalar(
+                select(Task.id).where(
+                    Task.region == region,
+                    or_(Task.state.in_(("QUEUED", "RUNNING")), Task.finished_at >= since),
+                ).limit(1)
+            )
+        return busy is None
+
+    def check_stores(self) -> None:
+        """At start: every S3 store answers and its bucket exists; else one line naming region, endpoint
+        and bucket (StoreUnavailable)."""
+        from stratus.storage.chunkstore import StoreUnavailable
+
+        for region in self.settings.regions:
+            checks = [(region.store, lambda r=region: self.store(r.name).check())] if region.store.type == "s3" else []
+            checks += [(b.s3, lambda r=region, b=b: self.export_objects(r.name, b.name).check())
+                       for b in region.buckets if b.s3 is not None]
+            for spec, check in checks:
+                try:
+                    check()
+                except StoreUnavailable as exc:
+                    raise StoreUnavailable(
+                        f"region {region.name}: the S3 store at {spec.endpoint_url or 'AWS'} bucket "
+                        f"{spec.bucket!r} can't be used: {exc}"
+                    ) from None

@@ -62,9 +62,14 @@ class ExportHandler:
             size = part.stat().st_size
             last = n == len(items) - 1
             result = {"CosPaths": ["/" + item["key"] for item in items]}
+            objects = svc.export_objects(ctx.region, ctx.payload["bucket"])
+            if objects is not None:  # an export bucket in S3: the local file was only staging
+                objects.upload(part, item["key"])
+                part.unlink()
             with ctx.fenced() as s:
                 # The rename happens while we hold the task (row lock / write lock): no takeover between.
-                durable_replace(part, dest)
+                if objects is None:
+                    durable_replace(part, dest)
                 s.execute(
                     update(ExportObject)
                     .where(ExportObject.region == ctx.region, ExportObject.bucket == ctx.payload["bucket"],

@@ -18,7 +18,7 @@ import blake3
 
 from stratus.disk.qemu_img import Extent
 from stratus.domain.manifest import DiskManifest, ManifestBuilder, chunk_count
-from stratus.storage.dirstore import DirStore
+from stratus.storage.chunkstore import ChunkStore
 
 
 class CaptureError(Exception):
@@ -62,7 +62,7 @@ def capture_disk(
     extents: Iterable[Extent],
     virtual_size: int,
     base: DiskManifest | None,
-    store: DirStore,
+    store: ChunkStore,
     chunk_size: int,
     *,
     progress: Callable[[int, int], None] | None = None,

@@ -5,9 +5,9 @@ For each digest, in order:
 
 * present in the destination: touched (its mtime refreshed, so gc's grace period covers it until the
   manifest naming it is recorded) and counted as *present*; nothing is read or written;
-* missing: read from the source with a verified read (:meth:`DirStore.get` re-hashes, so a damaged
-  source chunk is :class:`ChunkCorrupt`, never copied), written to the destination through a
-  :class:`ChunkWriter` (which verifies again and fsyncs), counted as *copied*.
+* missing: read from the source with a verified read (:meth:`ChunkStore.get` re-hashes, so a damaged
+  source chunk is :class:`ChunkCorrupt`, never copied), written to the destination through its batch
+  writer (which verifies again and makes it durable), counted as *copied*.
 
 Durability and resumption: chunks are written in a bounded window by a few threads, but progress is
 reported only for the leading run of digests that are finished *and* durable (the writer's commit, a
@@ -29,7 +29,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from stratus import metrics
-from stratus.storage.dirstore import ChunkWriter, DirStore, check_digest
+from stratus.storage.chunkstore import BatchWriter, ChunkStore, check_digest
 
 MiB = 1 << 20
 
@@ -97,28 +97,15 @@ class Pace:
             self._sleep(start - now)
 
 
-def _present_size(dst: DirStore, digest: str) -> int | None:
-    """Touch the chunk if the destination has it and return its size; None if it is missing.
-
-    A chunk gc is deleting right now (renamed away) reads as missing, and is copied again: the safe side.
-    """
-    if not dst.touch(digest):
-        return None
-    try:
-        return dst.path_for(digest).stat().st_size
-    except FileNotFoundError:
-        return None
-
-
 def copy_chunks(
     digests: Iterable[str],
-    src: DirStore,
-    dst: DirStore,
+    src: ChunkStore,
+    dst: ChunkStore,
     *,
     progress: Callable[[CopyProgress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     max_bytes_per_second: float = 0,
-    workers: int = 4,
+    workers: int | None = None,
     report_every_bytes: int = 64 * MiB,
     report_every_seconds: float = 1.0,
 ) -> CopyResult:
@@ -131,12 +118,16 @@ def copy_chunks(
     ``report_every_seconds`` seconds, and once at the end.
     """
     order = list(dict.fromkeys(check_digest(d) for d in digests))
+    workers = workers or dst.concurrency
+    # One batch question (a directory touches each; an object store lists by prefix, not a HEAD each).
+    # A chunk gc is deleting right now reads as missing and is copied again: the safe side.
+    present_sizes = dst.present(order)
     pace = Pace(max_bytes_per_second)
-    writer = dst.writer()
+    writer = dst.writer(expected=len(order) - len(present_sizes))
     stop = should_stop or (lambda: False)
 
     def one(digest: str) -> tuple[bool, int]:
-        size = _present_size(dst, digest)
+        size = present_sizes.get(digest)
         if size is not None:
             return False, size
         data = src.get(digest)
@@ -195,7 +186,7 @@ def copy_chunks(
     return snapshot().so_far
 
 
-def _commit(writer: ChunkWriter, at: CopyProgress) -> CopyProgress:
+def _commit(writer: BatchWriter, at: CopyProgress) -> CopyProgress:
     writer.commit()
     return at
 

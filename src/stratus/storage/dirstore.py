@@ -26,8 +26,8 @@ Rules:
   chunk missing (and the writer writes it again). There is no window in which a chunk someone has just
   touched disappears.
 
-Method names are the generic chunk-store verbs (``has``, ``put``, ``get``, ``touch``, ``delete``,
-``iter_chunks``), so an object store can follow.
+DirStore satisfies :class:`~stratus.storage.chunkstore.ChunkStore`; the S3 store beside it is
+:mod:`stratus.storage.s3store`.
 """
 
 from __future__ import annotations
@@ -40,17 +40,27 @@ import os
 import secrets
 import stat
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
-from typing import Literal
 
 import blake3
 
 from stratus import metrics
 from stratus.domain.manifest import MAX_CHUNK_SIZE, is_digest
+from stratus.storage.chunkstore import (
+    ChunkCorrupt,
+    ChunkInfo,
+    ChunkMissing,
+    InvalidDigest,
+    StoreError,
+    StoreStats,
+    TempFile,
+    ZeroChunk,
+    check_digest,
+    verified_digest,
+    zero_digest,
+)
 
 TEMP_PREFIX = "tmp."  # a chunk being written: tmp.<digest>.<rand>
 TRASH_PREFIX = "gc."  # a chunk gc is deleting: gc.<digest>.<rand>
@@ -58,79 +68,6 @@ _CHUNK_MODE = 0o444  # chunks are immutable; read-only files guard against accid
 # O_DIRECT needs buffer address, length and file offset aligned to the device's logical block; a page
 # covers every device we know of.
 _DIRECT_ALIGN = mmap.PAGESIZE
-
-
-class StoreError(Exception):
-    """A chunk store operation failed."""
-
-
-class ZeroChunk(StoreError, ValueError):
-    """All-zero chunks are never stored; a manifest records them as None."""
-
-
-class InvalidDigest(StoreError, ValueError):
-    """Not a lowercase hex BLAKE3 digest; no path is built from it."""
-
-
-class ChunkMissing(StoreError):
-    """The store has no chunk with this digest."""
-
-    def __init__(self, digest: str) -> None:
-        self.digest = digest
-        super().__init__(f"chunk {digest} is missing from the store; `stratus fsck` lists what else is")
-
-
-class ChunkCorrupt(StoreError):
-    """The chunk's bytes don't hash to its name (damaged on disk, or the caller passed wrong bytes)."""
-
-    def __init__(self, digest: str, actual: str | None = None, detail: str = "") -> None:
-        self.digest = digest
-        self.actual = actual
-        msg = f"chunk {digest} is corrupt"
-        if actual:
-            msg += f" (its bytes hash to {actual})"
-        if detail:
-            msg += f": {detail}"
-        super().__init__(msg + "; run `stratus fsck`, then re-import or re-copy the images that use it")
-
-
-@dataclass(frozen=True)
-class ChunkInfo:
-    digest: str
-    size: int
-    mtime: float
-
-
-@dataclass(frozen=True)
-class TempFile:
-    """A file in the store that is not a chunk: an interrupted write, a gc leftover or scratch."""
-
-    path: Path
-    kind: Literal["write", "trash", "scratch"]
-    size: int
-    mtime: float
-    digest: str | None  # the chunk it belongs to (write/trash), None for scratch
-
-
-@dataclass(frozen=True)
-class StoreStats:
-    chunks: int
-    bytes: int
-    temp_files: int
-    temp_bytes: int
-
-
-def check_digest(digest: object) -> str:
-    if not is_digest(digest):
-        raise InvalidDigest(f"not a lowercase hex BLAKE3 digest: {digest!r:.80}")
-    assert isinstance(digest, str)
-    return digest
-
-
-@lru_cache(maxsize=8)
-def zero_digest(length: int) -> str:
-    """The digest of ``length`` zero bytes: a chunk that hashes to it is all zeros (and is not stored)."""
-    return blake3.blake3(bytes(length)).hexdigest()
 
 
 def _buffer_address(data: bytes | bytearray | memoryview) -> int | None:
@@ -182,6 +119,7 @@ class DirStore:
         self.chunks_dir = self.root / "chunks"
         self.scratch_dir = self.root / "tmp"
         self.durable = durable
+        self.concurrency = 4  # two cores busy while others wait on fsync (bench/chunk_size.py)
         self.direct_io = direct_io
         self._local = threading.local()
         for d in (self.root, self.chunks_dir, self.scratch_dir):
@@ -189,6 +127,12 @@ class DirStore:
 
     def __repr__(self) -> str:
         return f"DirStore({str(self.root)!r})"
+
+    def describe(self) -> str:
+        return f"directory {self.root}"
+
+    def check(self) -> None:
+        """Nothing to check at start: the directories exist (made in __init__)."""
 
     # --- paths
 
@@ -219,12 +163,7 @@ class DirStore:
         """Store ``data`` under ``digest`` durably; True if newly written, False if it was already there
         (then its mtime is refreshed, see :meth:`touch`). Raises ChunkCorrupt if ``data`` doesn't hash to
         ``digest`` (nothing is written), ZeroChunk if it is all zeros."""
-        check_digest(digest)
-        actual = blake3.blake3(data).hexdigest()
-        if actual != digest:
-            raise ChunkCorrupt(digest, actual, "refusing to store bytes under another digest")
-        if digest == zero_digest(len(memoryview(data).cast("B"))):
-            raise ZeroChunk("all-zero chunks are never stored; record None in the manifest")
+        verified_digest(digest, data)
         if self.touch(digest):
             return False
         dirty: set[Path] = set()
@@ -283,12 +222,34 @@ class DirStore:
             return False
         return True
 
-    def delete(self, digest: str, *, unless_touched_since: float | None = None) -> bool:
+    def stat(self, digest: str) -> ChunkInfo | None:
+        """Size and mtime of the chunk, None if it is missing."""
+        try:
+            st = self.path_for(digest).stat()
+        except FileNotFoundError:
+            return None
+        return ChunkInfo(digest, st.st_size, st.st_mtime)
+
+    def present(self, digests: Collection[str]) -> dict[str, int]:
+        """The sizes of the chunks of ``digests`` the store has, each touched (see :meth:`touch`).
+
+        A chunk gc is deleting right now (renamed away) reads as missing: the caller writes it again, the
+        safe side. On a directory one touch and one stat per chunk is as cheap as any listing.
+        """
+        found: dict[str, int] = {}
+        for digest in dict.fromkeys(check_digest(d) for d in digests):
+            if self.touch(digest) and (info := self.stat(digest)) is not None:
+                found[digest] = info.size
+        return found
+
+    def delete(self, digest: str, *, unless_touched_since: float | None = None,
+               planned_at: float | None = None) -> bool:
         """Remove a chunk; True if this call removed it.
 
         With ``unless_touched_since`` (a time.time() value) the chunk survives if its mtime is at or after
         that time, checked *after* the chunk has been renamed away, so a concurrent :meth:`touch` can't slip
-        between the check and the unlink (see the module docstring).
+        between the check and the unlink (see the module docstring). ``planned_at`` is for stores without
+        an mtime (S3Store); a directory doesn't need it.
         """
         path = self.path_for(digest)
         if unless_touched_since is None:
@@ -312,8 +273,9 @@ class DirStore:
         trash.unlink()
         return True
 
-    def writer(self) -> ChunkWriter:
-        """A batch writer: chunk files are fsynced as written, their directories once at commit()."""
+    def writer(self, expected: int | None = None) -> ChunkWriter:
+        """A batch writer: chunk files are fsynced as written, their directories once at commit().
+        (``expected``, the number of chunks the batch may write, matters to object stores only.)"""
         return ChunkWriter(self)
 
     # --- listing
@@ -476,12 +438,7 @@ class ChunkWriter:
 
     def put(self, digest: str, data: bytes | bytearray | memoryview) -> bool:
         """Like :meth:`DirStore.put` (verifies ``data`` against ``digest``), durable at :meth:`commit`."""
-        check_digest(digest)
-        actual = blake3.blake3(data).hexdigest()
-        if actual != digest:
-            raise ChunkCorrupt(digest, actual, "refusing to store bytes under another digest")
-        if digest == zero_digest(len(memoryview(data).cast("B"))):
-            raise ZeroChunk("all-zero chunks are never stored; record None in the manifest")
+        verified_digest(digest, data)
         return self._put(digest, data)
 
     def _put(self, digest: str, data: bytes | bytearray | memoryview) -> bool:

@@ -1,6 +1,6 @@
 """Export: turn a manifest back into a disk (raw stream, sparse raw file, or qcow2 / vmdk / vpc).
 
-Every chunk is verified against its digest as it is read (DirStore.get); a damaged or missing chunk
+Every chunk is verified against its digest as it is read (ChunkStore.get); a damaged or missing chunk
 stops the export with ChunkCorrupt / ChunkMissing rather than producing a silently wrong disk. Zero chunks
 are never read: in a raw file they stay holes, in a stream they are a shared zero block.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 from stratus import metrics
 from stratus.disk import qemu_img
 from stratus.domain.manifest import DiskManifest
-from stratus.storage.dirstore import DirStore
+from stratus.storage.chunkstore import ChunkStore
 
 Progress = Callable[[int, int], None]
 
@@ -41,14 +41,15 @@ _READ_THREADS = 4
 _PROGRESS_INTERVAL = 0.25
 
 
-def _verified_chunks(manifest: DiskManifest, store: DirStore) -> Iterator[tuple[int, bytes | None]]:
+def _verified_chunks(manifest: DiskManifest, store: ChunkStore) -> Iterator[tuple[int, bytes | None]]:
     """(index, bytes or None for a zero chunk) in order, reading a few chunks ahead in threads."""
-    with ThreadPoolExecutor(max_workers=_READ_THREADS, thread_name_prefix="export") as pool:
+    threads = max(_READ_THREADS, store.concurrency)
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="export") as pool:
         pending: deque[tuple[int, Future[bytes] | None]] = deque()
         try:
             for index, digest in enumerate(manifest.chunks):
                 pending.append((index, pool.submit(store.get, digest) if digest is not None else None))
-                while len(pending) > _READ_AHEAD:
+                while len(pending) > max(_READ_AHEAD, 2 * threads):
                     i, fut = pending.popleft()
                     yield i, fut.result() if fut is not None else None
             while pending:
@@ -60,7 +61,7 @@ def _verified_chunks(manifest: DiskManifest, store: DirStore) -> Iterator[tuple[
                     fut.cancel()
 
 
-def iter_raw(manifest: DiskManifest, store: DirStore) -> Iterator[bytes]:
+def iter_raw(manifest: DiskManifest, store: ChunkStore) -> Iterator[bytes]:
     """The disk as raw bytes, one block per chunk (the last may be short); zeros for zero chunks."""
     zeros = bytes(manifest.chunk_size)
     for index, data in _verified_chunks(manifest, store):
@@ -73,7 +74,7 @@ def iter_raw(manifest: DiskManifest, store: DirStore) -> Iterator[bytes]:
 
 def materialize_raw(
     manifest: DiskManifest,
-    store: DirStore,
+    store: ChunkStore,
     dest: str | os.PathLike[str],
     progress: Progress | None = None,
     *,
@@ -113,7 +114,7 @@ def materialize_raw(
 
 def export_disk(
     manifest: DiskManifest,
-    store: DirStore,
+    store: ChunkStore,
     dest: str | os.PathLike[str],
     fmt: str,
     *,

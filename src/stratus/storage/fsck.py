@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from stratus.storage.dirstore import ChunkInfo, ChunkMissing, DirStore
+from stratus.storage.chunkstore import ChunkInfo, ChunkMissing, ChunkStore
 
 _PROGRESS_INTERVAL = 0.25
 
@@ -49,14 +49,16 @@ class FsckReport:
 
 
 def fsck(
-    store: DirStore,
+    store: ChunkStore,
     *,
     expected: Iterable[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
-    workers: int = 2,
+    workers: int | None = None,
 ) -> FsckReport:
     """Re-hash every chunk in ``store``. ``progress(done_bytes, total_bytes)``. With ``expected``
     (the digests live manifests reference), also list those not in the store."""
+    # Two hashers keep a directory's two cores busy; an object store's reads wait on the network.
+    workers = workers or max(2, store.concurrency // 2)
     chunks: list[ChunkInfo] = []
     temp_files = 0
     for item in store.scan():

@@ -9,8 +9,10 @@ Steps, each readable on its own:
    *to delete*; plus leftovers of interrupted writes and deletes. Nothing is changed; ``describe()`` is
    what ``stratus gc --dry-run`` prints.
 3. :meth:`GcPlan.execute` deletes. Each chunk's mtime is checked again at the moment of deletion
-   (DirStore.delete ``unless_touched_since``), so a chunk touched after planning survives, and a
-   referenced chunk is never deleted whatever the listing said.
+   (``ChunkStore.delete`` with ``unless_touched_since``), so a chunk touched after planning survives,
+   and a referenced chunk is never deleted whatever the listing said. An S3 store, whose objects have no
+   mtime to refresh, also puts a chunk back unless no task of the region ran since planning
+   (``planned_at``; storage/s3store.py).
 
 Interrupting ``execute`` at any point is safe: each deletion is independent, and a chunk caught mid-delete
 (renamed to ``gc.*``) is restored by the next run.
@@ -23,7 +25,7 @@ from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass, field
 
 from stratus.domain.manifest import is_digest
-from stratus.storage.dirstore import ChunkInfo, DirStore, TempFile
+from stratus.storage.chunkstore import ChunkInfo, ChunkStore, TempFile
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ class GcResult:
 class GcPlan:
     """What a gc run would do. ``cutoff`` is the mtime before which an unreferenced chunk is garbage."""
 
-    store: DirStore
+    store: ChunkStore
     cutoff: float
     grace_seconds: float
     referenced: Set[bytes] = field(repr=False)  # binary digests: ~100 bytes each in memory, not ~150
@@ -64,7 +66,7 @@ class GcPlan:
     def describe(self) -> list[str]:
         """Lines for ``stratus gc --dry-run``."""
         lines = [
-            f"store {self.store.root}: grace period {self.grace_seconds:g} s "
+            f"store {self.store.describe()}: grace period {self.grace_seconds:g} s "
             f"(chunks modified before {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.cutoff))})",
             f"referenced: {self.referenced_count} chunks kept",
             f"recent: {len(self.kept_recent)} unreferenced chunks kept "
@@ -85,13 +87,14 @@ class GcPlan:
         for n, chunk in enumerate(self.to_delete, 1):
             if bytes.fromhex(chunk.digest) in self.referenced:  # unreachable by construction; the last lock on the door
                 continue
-            # Re-check existence and mtime at the moment of deletion (see DirStore.delete).
-            try:
-                mtime = self.store.path_for(chunk.digest).stat().st_mtime
-            except FileNotFoundError:
+            # Re-check existence and mtime at the moment of deletion (see each store's delete).
+            info = self.store.stat(chunk.digest)
+            if info is None:
                 gone += 1
                 continue
-            if mtime >= self.cutoff or not self.store.delete(chunk.digest, unless_touched_since=self.cutoff):
+            if info.mtime >= self.cutoff or not self.store.delete(
+                chunk.digest, unless_touched_since=self.cutoff, planned_at=self.cutoff + self.grace_seconds
+            ):
                 touched += 1
             else:
                 deleted += 1
@@ -113,7 +116,7 @@ class GcPlan:
 
 
 def plan_gc(
-    store: DirStore,
+    store: ChunkStore,
     referenced: Iterable[str],
     *,
     grace_seconds: float,

@@ -41,7 +41,7 @@ from stratus.domain.manifest import (
     chunk_count,
     is_digest,
 )
-from stratus.storage.dirstore import DirStore
+from stratus.storage.chunkstore import ChunkStore
 
 Progress = Callable[[int, int], None]
 Method = Literal["direct", "converted"]
@@ -93,14 +93,14 @@ _Piece = tuple[int, int, int | None]
 def ingest_disk(
     path: str | os.PathLike[str],
     qemu_format: str,
-    store: DirStore,
+    store: ChunkStore,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     *,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
     already: Sequence[str | None] | None = None,
     tmp_dir: str | os.PathLike[str] | None = None,
-    workers: int = DEFAULT_WORKERS,
+    workers: int | None = None,
 ) -> IngestResult:
     """Store the disk in ``path`` (qemu driver ``qemu_format``, never probed) and return its manifest.
 
@@ -127,16 +127,17 @@ def ingest_disk(
 def _ingest_disk(
     path: str | os.PathLike[str],
     qemu_format: str,
-    store: DirStore,
+    store: ChunkStore,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     *,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
     already: Sequence[str | None] | None = None,
     tmp_dir: str | os.PathLike[str] | None = None,
-    workers: int = DEFAULT_WORKERS,
+    workers: int | None = None,
 ) -> IngestResult:
     check_chunk_size(chunk_size)
+    workers = workers or store.concurrency
     path = Path(path)
     info = qemu_img.info(path, qemu_format)
     _refuse_other_files(path, qemu_format, info)
@@ -175,7 +176,7 @@ def _ingest_disk(
 
 
 def _chunk_it(raw_path: Path, raw_extents: Iterable[qemu_img.Extent], method: Method, base: int, vsize: int,
-              store: DirStore, chunk_size: int, progress: Progress | None, should_stop: Callable[[], bool] | None,
+              store: ChunkStore, chunk_size: int, progress: Progress | None, should_stop: Callable[[], bool] | None,
               already: Sequence[str | None] | None, workers: int) -> IngestResult:
     return _ingest_raw_layout(
         raw_path,
@@ -276,7 +277,7 @@ def _ingest_raw_layout(
     vsize: int,
     extents: Iterable[qemu_img.Extent],
     *,
-    store: DirStore,
+    store: ChunkStore,
     chunk_size: int,
     method: Method,
     progress: Progress | None,
@@ -289,7 +290,7 @@ def _ingest_raw_layout(
         raise ValueError("`already` is not a chunk-digest prefix of this disk")
     zero_view = memoryview(bytes(chunk_size))
     local = threading.local()
-    writer = store.writer()
+    writer = store.writer(expected=n_chunks)
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     with contextlib.suppress(OSError):
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)

@@ -16,9 +16,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from sqlalchemy import select
-from starlette.concurrency import run_in_threadpool
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from stratus.api.cvm import envelope
@@ -186,6 +186,9 @@ def routes(svc: Services) -> list[Route]:
                 raise errors.ResourceNotFound(detail=f"No object {key!r} in bucket {bucket_name!r}.")
             if obj.state != "DONE":
                 raise errors.InvalidParameterValue(detail=f"The export of {key!r} is {obj.state}; wait for it.")
+            objects = svc.export_objects(region.name, bucket_name)
+            if objects is not None:
+                return await _s3_download(request, rid, objects, key)
             path = bucket.path / key
             if "extents" in request.query_params:
                 # Where the file holds data: a client fetches only those ranges and leaves holes as holes,
@@ -195,6 +198,31 @@ def routes(svc: Services) -> list[Route]:
         except Exception as exc:
             return _error(exc, rid)
         return FileResponse(path, media_type="application/octet-stream", filename=os.path.basename(key))
+
+    async def _s3_download(request: Request, rid: str, objects: Any, key: str) -> Response:
+        """An export kept in S3, streamed through the server (same authorization as a directory bucket);
+        one byte range per request, as the CLI's sparse download asks."""
+        size = await run_in_threadpool(objects.size, key)
+        if size is None:
+            raise errors.ResourceNotFound(detail=f"No object {key!r} in the bucket.")
+        if "extents" in request.query_params:
+            return _ok(rid, {"Size": size, "Extents": [[0, size]] if size else []})
+        start, end, status = 0, size - 1, 200
+        spec = request.headers.get("range", "")
+        if spec.startswith("bytes=") and "," not in spec:
+            lo, _, hi = spec[6:].partition("-")
+            if lo.isdigit():
+                start, end, status = int(lo), min(int(hi) if hi.isdigit() else size - 1, size - 1), 206
+        if size == 0 or start > end:
+            return Response(b"", status_code=200 if size == 0 else 416,
+                            headers={"Content-Range": f"bytes */{size}"})
+        headers = {"Content-Length": str(end - start + 1), "Accept-Ranges": "bytes",
+                   "Content-Disposition": f'attachment; filename="{os.path.basename(key)}"'}
+        if status == 206:
+            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        pieces = await run_in_threadpool(objects.read, key, start, end)
+        return StreamingResponse(iterate_in_threadpool(pieces), status_code=status, headers=headers,
+                                 media_type="application/octet-stream")
 
     return [
         Route("/uploads", create, methods=["POST"]),
