@@ -3,19 +3,37 @@
 from __future__ import annotations
 
 import logging
+import sys
+from pathlib import Path
 
 import typer
 
-from stratus.cli.common import ConfigOpt, DataDirOpt, settings
+from stratus.cli.common import ConfigOpt, DataDirOpt, catalog_label, console, settings
+from stratus.config import Settings
+
+
+def first_lines(cfg: Settings, host: str, port: int) -> str:
+    """Where it serves, and what a new user runs next (in another terminal)."""
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    computes = sorted({r.compute for r in cfg.regions})
+    data_dir = "" if cfg.data_dir == Path("var").absolute() else f" --data-dir {cfg.data_dir}"
+    return (
+        f"Stratus serves {url} (data directory {cfg.data_dir}, catalog {catalog_label(cfg)}, "
+        f"compute {'/'.join(computes)})\n"
+        f"Next, in another terminal in {Path.cwd()}:\n"
+        f"  export PATH={Path(sys.executable).parent}:$PATH STRATUS_ENDPOINT={url}\n"
+        f'  eval "$(stratus account create alice{data_dir})"   # admin verbs act on this data directory\n'
+        f"  stratus image list"
+    )
 
 
 def serve(
     data_dir: str = DataDirOpt,
-    host: str = typer.Option("127.0.0.1", "--host"),
-    port: int = typer.Option(8700, "--port"),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8700, "--port", help="Port to listen on (`make run PORT=8800`)."),
     config: str = ConfigOpt,
     no_workers: bool = typer.Option(False, "--no-workers", help="Serve the API only; run `stratus worker` elsewhere."),
-    log_level: str = typer.Option("info", "--log-level"),
+    log_level: str = typer.Option("info", "--log-level", metavar="LEVEL", help="debug, info, warning or error."),
 ) -> None:
     """Serve the CVM API and the data API, and run the task workers."""
     import uvicorn
@@ -25,10 +43,11 @@ def serve(
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = settings(data_dir, config)
-    svc = prepare(cfg)
+    svc = prepare(cfg)  # the server's first start creates the catalog
+    console.print(first_lines(cfg, host, port), highlight=False, soft_wrap=True)
     runner = None if no_workers else start_workers(svc)
     logging.getLogger("stratus").info(
-        "serving on http://%s:%d, data in %s, catalog %s", host, port, cfg.data_dir, cfg.database_url.split("@")[-1]
+        "serving on http://%s:%d, data in %s, catalog %s", host, port, cfg.data_dir, catalog_label(cfg)
     )
     try:
         uvicorn.run(create_app(svc), host=host, port=port, log_level="warning", http="httptools",
@@ -42,7 +61,7 @@ def serve(
 def worker(
     data_dir: str = DataDirOpt,
     config: str = ConfigOpt,
-    log_level: str = typer.Option("info", "--log-level"),
+    log_level: str = typer.Option("info", "--log-level", metavar="LEVEL", help="debug, info, warning or error."),
 ) -> None:
     """Run task workers only (beside `stratus serve --no-workers`)."""
     import signal
