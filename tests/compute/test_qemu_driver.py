@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from stratus.compute import qemu_driver
+from stratus.compute import qemu_driver, tinyimage
 from stratus.compute.boot import CMDLINE, extract_kernel
 from stratus.compute.driver import ComputeError, Driver, VmSpec
 from stratus.compute.overlays import changed_extents, create_overlay
@@ -36,7 +36,6 @@ from stratus.compute.qemu_driver import (
     build_argv,
     vm_name,
 )
-from stratus.compute import tinyimage
 from tests.compute.driver_suite import DriverSuite, ExitRecorder, wait_for
 
 _missing = tinyimage.missing_tools()
