@@ -11,7 +11,7 @@ import pytest
 import typer
 
 from stratus.cli.main import app
-from tests.conftest import STRATUS
+from tests.conftest import ROOT, STRATUS
 
 
 def all_commands() -> list[list[str]]:
@@ -72,3 +72,9 @@ def test_shell_completion_completes_commands(shell: str, env: dict[str, str]) ->
 def test_show_completion_prints_a_script() -> None:
     res = subprocess.run(["bash", "-c", f"{STRATUS} --show-completion"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "_STRATUS_COMPLETE" in res.stdout
+
+
+def test_make_run_takes_a_port() -> None:
+    res = subprocess.run(["make", "-n", "run", "PORT=8800"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "stratus serve --data-dir ./var --host 127.0.0.1 --port 8800" in res.stdout
