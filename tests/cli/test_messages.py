@@ -202,3 +202,15 @@ def test_console_on_the_disk_driver_says_there_is_none(server: Server, alice: Ac
     assert res.returncode == 3 and res.stdout == ""
     assert "disk driver, which has no console" in text_of(res)
     server.run("instance", "terminate", instance_id, env=alice.env())
+
+
+def test_the_server_first_lines_say_where_and_what_next(server: Server) -> None:
+    lines = server.log.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Stratus serves "))
+    assert lines[start].startswith(f"Stratus serves {server.url} (data directory {server.data_dir}")
+    following = "\n".join(lines[start:start + 6])
+    # The server runs with --config and a data directory elsewhere: the hints carry both, or they would make
+    # keys in another catalog.
+    assert f'eval "$(stratus account create alice --data-dir {server.data_dir} --config {server.config})"' \
+        in following
+    assert f"STRATUS_ENDPOINT={server.url}" in following

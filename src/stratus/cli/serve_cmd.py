@@ -12,18 +12,22 @@ from stratus.cli.common import ConfigOpt, DataDirOpt, catalog_label, console, se
 from stratus.config import Settings
 
 
-def first_lines(cfg: Settings, host: str, port: int) -> str:
+def first_lines(cfg: Settings, host: str, port: int, config: str | None = None) -> str:
     """Where it serves, and what a new user runs next (in another terminal)."""
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     computes = sorted({r.compute for r in cfg.regions})
+    # Admin verbs must find the same catalog: name what they can't guess from the directory they run in.
     data_dir = "" if cfg.data_dir == Path("var").absolute() else f" --data-dir {cfg.data_dir}"
+    if config:
+        data_dir += f" --config {Path(config).absolute()}"
     return (
         f"Stratus serves {url} (data directory {cfg.data_dir}, catalog {catalog_label(cfg)}, "
         f"compute {'/'.join(computes)})\n"
         f"Next, in another terminal in {Path.cwd()}:\n"
         f"  export PATH={Path(sys.executable).parent}:$PATH STRATUS_ENDPOINT={url}\n"
+        f"  stratus demo{data_dir}   # a bootable public image, stratus-tiny-linux, in every region\n"
         f'  eval "$(stratus account create alice{data_dir})"   # admin verbs act on this data directory\n'
-        f"  stratus image list"
+        f"  stratus image list   # the README's Quickstart goes on from here"
     )
 
 
@@ -42,9 +46,11 @@ def serve(
     from stratus.service.runtime import prepare, start_workers
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if logging.getLogger().level > logging.DEBUG:
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # so the first lines are where and what next
     cfg = settings(data_dir, config)
     svc = prepare(cfg)  # the server's first start creates the catalog
-    console.print(first_lines(cfg, host, port), highlight=False, soft_wrap=True)
+    console.print(first_lines(cfg, host, port, config), highlight=False, soft_wrap=True)
     runner = None if no_workers else start_workers(svc)
     logging.getLogger("stratus").info(
         "serving on http://%s:%d, data in %s, catalog %s", host, port, cfg.data_dir, catalog_label(cfg)
