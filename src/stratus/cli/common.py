@@ -188,6 +188,7 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
 
     t = Table(*headers)
     for column, header in zip(t.columns, headers, strict=True):
+        column.overflow = "fold"  # a narrow terminal wraps the other columns; it never drops characters
         if header.endswith("Id") or header.endswith("Ids") or header == "Keys":
             # An id is copied whole or it is useless: never wrapped, cut or ellipsized, whatever the width.
             column.no_wrap, column.overflow = True, "ignore"
