@@ -20,6 +20,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from stratus.cli.common import (
     EXIT_FAILED,
     EXIT_REFUSED,
+    HINTS,
     Endpoint,
     EndpointOpt,
     JsonOpt,
@@ -46,7 +47,8 @@ def _bytes_progress() -> Progress:
 def _data_error(resp: httpx.Response) -> str:
     try:
         err = resp.json()["Response"]["Error"]
-        return f"{err['Code']}: {err['Message']}"
+        hint = HINTS.get(err["Code"])
+        return f"{err['Code']}: {err['Message']}" + (f" ({hint})" if hint else "")
     except Exception:
         return f"HTTP {resp.status_code}: {resp.text[:200]}"
 
