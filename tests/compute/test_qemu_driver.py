@@ -1,4 +1,4 @@
-"""The qemu driver: the conformance suite on real TCG guests (tests/compute/tinyimage.py), then what only a real VM
+"""The qemu driver: the conformance suite on real TCG guests (stratus.compute.tinyimage), then what only a real VM
 shows: user data through the NoCloud seed, capture of a paused VM's overlay, the time limit, adoption across a
 real server crash, and refusal to touch a process that isn't ours.
 
