@@ -45,7 +45,9 @@ def settings(data_dir: str | None, config: str | None) -> Settings:
 
 
 def die(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    console.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
+    from rich.markup import escape
+
+    console.print(f"[red]error:[/red] {escape(message)}", highlight=False)  # a message's [..] is text, not markup
     raise typer.Exit(code)
 
 
