@@ -1,4 +1,4 @@
-# Two commands: `make run` (set up, then serve on 127.0.0.1:8700) and `make test` (set up, run every test).
+# Two commands: `make run` (set up, then serve on 127.0.0.1:8700, or `make run PORT=8800`) and `make test` (set up, run every test).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha25
 # cloud kernel and busybox for the qemu compute driver and its tests.
 DEB_PACKAGES := $(shell grep -v '^\#' scripts/debian-packages.txt)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PORT ?= 8700
+DATA_DIR ?= ./var
 
 .PHONY: run test fuzz deps debs lint bench soak load clean
 
@@ -24,7 +26,7 @@ $(STAMP): requirements.lock pyproject.toml
 	@rm -f $(VENV)/.installed-*; touch $@
 
 run: deps
-	$(BIN)/stratus serve --data-dir ./var --host 127.0.0.1 --port 8700
+	$(BIN)/stratus serve --data-dir $(DATA_DIR) --host 127.0.0.1 --port $(PORT)
 
 lint: deps
 	$(BIN)/ruff check src tests bench

@@ -19,7 +19,7 @@ What it does (see bench/README.md, "What `instances.py` measures"):
    change written with ``qemu-io write -s`` (random bytes) into its overlay, CreateImage → NORMAL (50 ms
    polls), against ``qemu-img convert -O raw`` of the overlay chain; new chunk bytes in the store.
 3. **The qemu driver** (a second server with ``STRATUS_COMPUTE=qemu``): RunInstances of the tiny bootable
-   image (tests/compute/tinyvm.py) with UserData, until ``STRATUS-USERDATA-DONE`` is on the console
+   image (src/stratus/compute/tinyimage.py) with UserData, until ``STRATUS-USERDATA-DONE`` is on the console
    (GetInstanceConsoleOutput every 50 ms); 3 launches, best and median; against the same QEMU command line
    run bare (no Stratus: overlay, seed and kernel prepared beforehand), time to the same marker.
 
@@ -52,7 +52,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(ROOT))  # tests.compute.tinyvm builds the tiny bootable image
+sys.path.insert(0, str(ROOT))
 
 import run as bench  # noqa: E402
 from run import (  # noqa: E402
@@ -823,9 +823,9 @@ def bare_qemu(server: Server, work: Path, n: int, append: str = "") -> float:
 
 
 def part_qemu(work: Path, sizes: Sizes, rows: list[Row], notes: list[str], results: dict[str, Any]) -> None:
-    from tests.compute import tinyvm
+    from stratus.compute import tinyimage
 
-    missing = tinyvm.missing_tools()
+    missing = tinyimage.missing_tools()
     if missing:
         rows.append(Row("qemu driver", "skipped", f"missing {missing}"))
         return
@@ -835,7 +835,7 @@ def part_qemu(work: Path, sizes: Sizes, rows: list[Row], notes: list[str], resul
         log("part 3: starting a server with STRATUS_COMPUTE=qemu")
         start_server(server)
         api = Api(server)
-        root = tinyvm.build_tiny_root_image(work / "tiny")
+        root = tinyimage.build_tiny_root_image(work / "tiny")
         image_id, _ = import_image(server, root, "tiny", fmt="raw")
         launches = []
         for n in range(sizes.vm_launches):
@@ -944,7 +944,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "with O_DIRECT at import, so the base's materialization may read them from the device. `sync` (os.sync) "
         "runs before every timed Stratus operation and every reference run, so no earlier writeback overlaps it.",
         "The qemu driver's VMs run under TCG (-accel tcg), 1 vCPU, 1 GiB (S5.SMALL1); the guest is a Debian "
-        "cloud kernel with a busybox initramfs (tests/compute/tinyvm.py) whose /init runs the user data.",
+        "cloud kernel with a busybox initramfs (src/stratus/compute/tinyimage.py) whose /init runs the user data.",
     ]
     intro = [f"{'Smoke run (--quick): sizes shrunk, numbers not comparable. ' if args.quick else ''}"
              f"Disk driver for parts 1-2, qemu driver for part 3; one run each; best of {sizes.reps} for "

@@ -1,4 +1,4 @@
-"""The qemu driver: the conformance suite on real TCG guests (tests/compute/tinyvm.py), then what only a real VM
+"""The qemu driver: the conformance suite on real TCG guests (stratus.compute.tinyimage), then what only a real VM
 shows: user data through the NoCloud seed, capture of a paused VM's overlay, the time limit, adoption across a
 real server crash, and refusal to touch a process that isn't ours.
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from stratus.compute import qemu_driver
+from stratus.compute import qemu_driver, tinyimage
 from stratus.compute.boot import CMDLINE, extract_kernel
 from stratus.compute.driver import ComputeError, Driver, VmSpec
 from stratus.compute.overlays import changed_extents, create_overlay
@@ -36,10 +36,9 @@ from stratus.compute.qemu_driver import (
     build_argv,
     vm_name,
 )
-from tests.compute import tinyvm
 from tests.compute.driver_suite import DriverSuite, ExitRecorder, wait_for
 
-_missing = tinyvm.missing_tools()
+_missing = tinyimage.missing_tools()
 pytestmark = pytest.mark.skipif(
     bool(_missing), reason=f"the qemu driver's tests need {', '.join(_missing)} (Debian packages; see Makefile)"
 )
@@ -52,7 +51,7 @@ Boot = tuple[Path, tuple[Path, Path, str]]  # (base raw image, (kernel, initrd, 
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Boot:
-    base = tinyvm.build_tiny_root_image(tmp_path_factory.mktemp("tinyvm"))
+    base = tinyimage.build_tiny_root_image(tmp_path_factory.mktemp("tinyvm"))
     kernel = extract_kernel(base, base.parent / "kernel")
     assert kernel is not None, "the tiny image must boot through extract_kernel"
     return base, kernel
@@ -205,8 +204,8 @@ def test_boot_user_data_capture_and_persistence(tiny: Boot, vms, tmp_path: Path)
         subprocess.run(
             ["qemu-img", "convert", "-U", "-f", "qcow2", "-O", "raw", str(overlay), str(guest_view)], check=True
         )
-        assert tinyvm.debugfs_cat(guest_view, "/marker") == b"hello-from-userdata\n"
-        assert tinyvm.debugfs_cat(base, "/marker") is None  # the base is never written
+        assert tinyimage.debugfs_cat(guest_view, "/marker") == b"hello-from-userdata\n"
+        assert tinyimage.debugfs_cat(base, "/marker") is None  # the base is never written
 
         # Capture as the service does it: base bytes, overwritten by the overlay's extents read from its file.
         rebuilt = tmp_path / "rebuilt.raw"
@@ -335,7 +334,7 @@ def test_extract_kernel_follows_symlinks_and_caches(tiny: Boot, tmp_path: Path) 
     got = extract_kernel(base, tmp_path / "k")
     assert got is not None
     kernel, initrd, cmdline = got
-    assert kernel.read_bytes() == tinyvm.cloud_kernel().read_bytes()  # /boot/vmlinuz -> vmlinuz-<version>
+    assert kernel.read_bytes() == tinyimage.cloud_kernel().read_bytes()  # /boot/vmlinuz -> vmlinuz-<version>
     assert initrd.read_bytes()[:2] == b"\x1f\x8b"  # the gzip'd initramfs
     assert "root=/dev/vda" in cmdline and "console=ttyS0" in cmdline
     mtime = kernel.stat().st_mtime_ns

@@ -84,7 +84,9 @@ ACCEPTED_AS = {
 def test_normal_images_are_accepted(disks: dict[str, Path], fmt: str) -> None:
     path = disks[fmt]
     name, driver = ACCEPTED_AS[fmt]
-    assert inspect_file(path, max_virtual_size=LIMIT) == Inspection(name, driver, SIZE, path.stat().st_size)
+    warnings = (inspect.NO_BOOT_SECTOR,) if fmt == "raw" else ()  # the test disk starts with text, no MBR
+    assert inspect_file(path, max_virtual_size=LIMIT) == Inspection(name, driver, SIZE, path.stat().st_size,
+                                                                    warnings)
     assert inspect_file(path, declared=name.upper(), max_virtual_size=SIZE).virtual_size == SIZE
 
 
@@ -98,7 +100,7 @@ def test_fixed_vhd_is_raw_unless_declared_vhd(disks: dict[str, Path]) -> None:
     size = path.stat().st_size
     assert size == SIZE + 512
     # Undeclared: the inspector's verdict (raw); the footer is the disk's last sector.
-    assert inspect_file(path, max_virtual_size=LIMIT) == Inspection("raw", "raw", size, size)
+    assert inspect_file(path, max_virtual_size=LIMIT) == Inspection("raw", "raw", size, size, (inspect.NO_BOOT_SECTOR,))
     assert inspect_file(path, declared="raw", max_virtual_size=LIMIT).format == "raw"
     # Declared VHD with a valid fixed footer: read through qemu's vpc driver, footer excluded.
     assert inspect_file(path, declared="VHD", max_virtual_size=LIMIT) == Inspection("vhd", "vpc", SIZE, size)
@@ -301,8 +303,9 @@ def test_empty_and_unaligned_files(tmp_path: Path) -> None:
     empty.touch()
     assert refused(empty).reasons == ["empty"]
     odd = tmp_path / "odd.raw"
-    odd.write_bytes(b"x" * 1000)
-    assert refused(odd).reasons == ["unaligned_size"]
+    odd.write_bytes(b"x" * (inspect.NOT_A_DISK_BELOW + 1000))
+    exc = refused(odd)
+    assert exc.reasons == ["unaligned_size"] and "truncate -s %512" in exc.message
     zero = tmp_path / "zero.qcow2"
     qemu_img.create(zero, "qcow2", 0)
     assert refused(zero).reasons == ["empty"]
@@ -392,3 +395,19 @@ def test_qemu_img_failure_is_a_refusal(monkeypatch: pytest.MonkeyPatch, disks: d
     monkeypatch.setattr(qemu_img, "info", failing)
     exc = refused(disks["qcow2"])
     assert exc.reasons == ["qemu_info_failed"] and "Invalid argument" in exc.message
+
+
+def test_a_small_file_that_is_no_disk_is_called_that(tmp_path: Path) -> None:
+    """A text file is "not a disk image", not a raw disk to pad (issue 11)."""
+    note = tmp_path / "notes.txt"
+    note.write_text("remember to import the real disk\n")
+    exc = refused(note)
+    assert exc.reasons == ["not_a_disk"]
+    assert "this is not a disk image" in exc.message and "truncate" not in exc.message
+
+
+def test_raw_without_boot_sector_is_accepted_with_a_warning(tmp_path: Path) -> None:
+    bare = tmp_path / "bare.raw"
+    bare.write_bytes(bytes(MiB))
+    assert inspect_file(bare, max_virtual_size=LIMIT).warnings == (inspect.NO_BOOT_SECTOR,)
+    assert inspect_file(hostile.mbr_disk(tmp_path), max_virtual_size=LIMIT).warnings == ()

@@ -20,12 +20,12 @@ from typing import Any
 import pytest
 from tencentcloud.cvm.v20170312 import models
 
-from tests.compute import tinyvm
+from stratus.compute import tinyimage
 from tests.conftest import Account, Server, make_server, new_db_url, wait_for
 from tests.e2e.helpers import wait_image
 
-pytestmark = pytest.mark.skipif(bool(tinyvm.missing_tools()),
-                                reason=f"the qemu driver needs {tinyvm.missing_tools()} (make test installs them)")
+pytestmark = pytest.mark.skipif(bool(tinyimage.missing_tools()),
+                                reason=f"the qemu driver needs {tinyimage.missing_tools()} (make test installs them)")
 
 ZONE = "ap-guangzhou-1"
 USER_DATA = b"#!/bin/sh\necho written-by-user-data > $ROOT/marker\n"
@@ -88,7 +88,7 @@ def alive(pid: int) -> bool:
 def test_user_data_capture_relaunch_reset(qemu_server: Server, tmp_path: Path) -> None:
     srv = qemu_server
     acct = srv.account("vm-user")
-    root = tinyvm.build_tiny_root_image(tmp_path)
+    root = tinyimage.build_tiny_root_image(tmp_path)
     base_id = srv.run("image", "import", str(root), "--name", "tiny", "--format", "raw",
                       env=acct.env()).stdout.split()[-1]
     c = srv.client(acct)

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
-from stratus.cli.common import ConfigOpt, DataDirOpt, JsonOpt, die, out, print_json, settings
+from stratus.cli.common import (
+    ConfigOpt,
+    DataDirOpt,
+    InitOpt,
+    JsonOpt,
+    admin_services,
+    console,
+    die,
+    print_json,
+    table,
+)
 
-app = typer.Typer(help="Accounts and API keys (run on the server machine, against its catalog).",
-                  no_args_is_help=True)
+app = typer.Typer(help="Accounts and API keys (run on the server machine, against the catalog of its data "
+                  "directory).", no_args_is_help=True)
 
 
-def _svc(data_dir: str | None, config: str | None):  # type: ignore[no-untyped-def]
-    from stratus.service.runtime import prepare
-
-    return prepare(settings(data_dir, config))
+def print_exports(secret_id: str, secret_key: str) -> None:
+    # Only the export lines go to stdout, so `eval "$(stratus account create NAME)"` sets them.
+    sys.stdout.write(f"export TENCENTCLOUD_SECRET_ID={secret_id}\nexport TENCENTCLOUD_SECRET_KEY={secret_key}\n")
 
 
 @app.command("create")
@@ -22,38 +33,34 @@ def create(
     operator: bool = typer.Option(False, "--operator", help="May publish public images."),
     data_dir: str = DataDirOpt,
     config: str = ConfigOpt,
+    init: bool = InitOpt,
     json_out: bool = JsonOpt,
 ) -> None:
-    """Create an account with one API key."""
+    """Create an account with one API key; prints the shell lines that set it (for `eval "$(...)"`)."""
     from stratus.service.accounts import AccountError, create_account
 
     try:
-        creds = create_account(_svc(data_dir, config), name, operator=operator)
+        creds = create_account(admin_services(data_dir, config, init=init), name, operator=operator)
     except AccountError as exc:
         die(str(exc), 1)
+    console.print(f"account {creds.account_id} ({name}{', operator' if operator else ''})", highlight=False)
     if json_out:
         print_json(creds.as_json())
     else:
-        out.print(f"account {creds.account_id} ({name}{', operator' if operator else ''})")
-        out.print(f"export TENCENTCLOUD_SECRET_ID={creds.secret_id}")
-        out.print(f"export TENCENTCLOUD_SECRET_KEY={creds.secret_key}")
+        print_exports(creds.secret_id, creds.secret_key)
 
 
 @app.command("list")
 def list_(data_dir: str = DataDirOpt, config: str = ConfigOpt, json_out: bool = JsonOpt) -> None:
     """List accounts and their active keys."""
-    from rich.table import Table
-
     from stratus.service.accounts import list_accounts
 
-    rows = list_accounts(_svc(data_dir, config))
+    rows = list_accounts(admin_services(data_dir, config))
     if json_out:
         print_json(rows)
         return
-    table = Table("AccountId", "Name", "Operator", "Keys")
-    for r in rows:
-        table.add_row(str(r["AccountId"]), str(r["Name"]), "yes" if r["Operator"] else "", ", ".join(r["Keys"]))  # type: ignore[arg-type]
-    out.print(table)
+    table(["AccountId", "Name", "Operator", "Keys"],
+          [[r["AccountId"], r["Name"], "yes" if r["Operator"] else "", ",".join(r["Keys"])] for r in rows])  # type: ignore[arg-type]
 
 
 key_app = typer.Typer(help="Add and revoke API keys.", no_args_is_help=True)
@@ -67,14 +74,13 @@ def key_add(account: str = typer.Argument(..., help="Account id or name."), data
     from stratus.service.accounts import AccountError, add_key
 
     try:
-        creds = add_key(_svc(data_dir, config), account)
+        creds = add_key(admin_services(data_dir, config), account)
     except AccountError as exc:
         die(str(exc), 1)
     if json_out:
         print_json(creds.as_json())
     else:
-        out.print(f"export TENCENTCLOUD_SECRET_ID={creds.secret_id}")
-        out.print(f"export TENCENTCLOUD_SECRET_KEY={creds.secret_key}")
+        print_exports(creds.secret_id, creds.secret_key)
 
 
 @key_app.command("revoke")
@@ -83,7 +89,7 @@ def key_revoke(secret_id: str, data_dir: str = DataDirOpt, config: str = ConfigO
     from stratus.service.accounts import AccountError, revoke_key
 
     try:
-        revoke_key(_svc(data_dir, config), secret_id)
+        revoke_key(admin_services(data_dir, config), secret_id)
     except AccountError as exc:
         die(str(exc), 1)
-    out.print(f"revoked {secret_id}")
+    sys.stdout.write(f"revoked {secret_id}\n")

@@ -16,11 +16,11 @@ from typing import Any
 import httpx
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
-from rich.table import Table
 
 from stratus.cli.common import (
     EXIT_FAILED,
     EXIT_REFUSED,
+    HINTS,
     Endpoint,
     EndpointOpt,
     JsonOpt,
@@ -30,6 +30,7 @@ from stratus.cli.common import (
     out,
     print_json,
     sdk_errors,
+    table,
 )
 
 app = typer.Typer(help="Import, list, show, export, delete, copy, share and publish images.", no_args_is_help=True)
@@ -46,7 +47,8 @@ def _bytes_progress() -> Progress:
 def _data_error(resp: httpx.Response) -> str:
     try:
         err = resp.json()["Response"]["Error"]
-        return f"{err['Code']}: {err['Message']}"
+        hint = HINTS.get(err["Code"])
+        return f"{err['Code']}: {err['Message']}" + (f" ({hint})" if hint else "")
     except Exception:
         return f"HTTP {resp.status_code}: {resp.text[:200]}"
 
@@ -184,7 +186,8 @@ def follow_image(ep: Endpoint, image_id: str, busy: str) -> dict[str, Any]:
 @sdk_errors
 def upload(
     file: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True),
-    fmt: str = typer.Option(None, "--format", help="Declared format (RAW, QCOW2, VMDK, VHD); checked on import."),
+    fmt: str = typer.Option(None, "--format", metavar="FORMAT",
+                            help="Declared format (RAW, QCOW2, VMDK, VHD); checked on import."),
     endpoint: str = EndpointOpt,
     region: str = RegionOpt,
 ) -> None:
@@ -204,7 +207,8 @@ def import_(
     architecture: str = typer.Option("x86_64", "--architecture"),
     description: str = typer.Option("", "--description"),
     family: str = typer.Option(None, "--family"),
-    fmt: str = typer.Option(None, "--format", help="Declared format (RAW, QCOW2, VMDK, VHD); refused if it isn't."),
+    fmt: str = typer.Option(None, "--format", metavar="FORMAT",
+                            help="Declared format (RAW, QCOW2, VMDK, VHD); refused if it is not."),
     no_wait: bool = typer.Option(False, "--no-wait", help="Return once the import has started."),
     endpoint: str = EndpointOpt,
     region: str = RegionOpt,
@@ -229,6 +233,8 @@ def import_(
         print_json(image)
     if image["ImageState"] != "NORMAL":
         die(f"import of {image_id} failed: {image.get('ImageStateReason') or image['ImageState']}", EXIT_FAILED)
+    if image.get("ImageStateReason"):  # NORMAL with a warning (e.g. a raw disk without a boot sector)
+        console.print(image["ImageStateReason"], highlight=False, markup=False)
     if not json_out:
         out.print(image_id)
 
@@ -236,7 +242,7 @@ def import_(
 @app.command("list")
 @sdk_errors
 def list_(
-    image_type: str = typer.Option(None, "--type", help="PUBLIC_IMAGE, PRIVATE_IMAGE or SHARED_IMAGE."),
+    image_type: str = typer.Option(None, "--type", metavar="TYPE", help="PUBLIC_IMAGE, PRIVATE_IMAGE or SHARED_IMAGE."),
     endpoint: str = EndpointOpt,
     region: str = RegionOpt,
     json_out: bool = JsonOpt,
@@ -255,21 +261,22 @@ def list_(
     if json_out:
         print_json(images)
         return
-    table = Table("ImageId", "Name", "Type", "State", "Size (GiB)", "OS", "Created")
-    for i in images:
-        table.add_row(i["ImageId"], i["ImageName"], i["ImageType"], i["ImageState"], str(i["ImageSize"]),
-                      i["OsName"], i["CreatedTime"])
-    out.print(table)
+    table(["ImageId", "Name", "Type", "State", "Size (GiB)", "OS", "Created"],
+          [[i["ImageId"], i["ImageName"], i["ImageType"], i["ImageState"], i["ImageSize"], i["OsName"],
+            i["CreatedTime"]] for i in images])
 
 
 @app.command("show")
 @sdk_errors
-def show(image_id: str, endpoint: str = EndpointOpt, region: str = RegionOpt) -> None:
-    """Show one image as JSON, with its failure reason and lineage."""
+def show(image_id: str, endpoint: str = EndpointOpt, region: str = RegionOpt, json_out: bool = JsonOpt) -> None:
+    """Show one image as JSON, with its failure reason and lineage (--json is accepted for symmetry)."""
     ep = Endpoint(endpoint, region)
     image = describe_image(ep, image_id)
     if image is None:
-        die(f"InvalidImageId.NotFound: the image {image_id} does not exist", EXIT_REFUSED)
+        elsewhere = [r["Region"] for r in ep.call("DescribeRegions", {})["RegionSet"]
+                     if r["Region"] != ep.region and describe_image(ep.in_region(r["Region"]), image_id)]
+        hint = f"; it is in {', '.join(elsewhere)}: add --region {elsewhere[0]}" if elsewhere else ""
+        die(f"InvalidImageId.NotFound: the image {image_id} does not exist in {ep.region}{hint}", EXIT_REFUSED)
     print_json(image)
 
 
@@ -279,6 +286,23 @@ def delete(image_ids: list[str], endpoint: str = EndpointOpt, region: str = Regi
     """Delete custom images."""
     Endpoint(endpoint, region).request("DeleteImages", {"ImageIds": image_ids})
     out.print(f"deleted {' '.join(image_ids)}")
+
+
+def publish_image(ep: Endpoint, image_id: str, *, all_regions: bool) -> list[dict[str, Any]]:
+    """PublishImage, then (all_regions) SyncImages into every other region and publish each copy once it is
+    NORMAL. Returns, per region, the image id and its state."""
+    ep.call("PublishImage", {"ImageId": image_id})
+    published = [{"Region": ep.region, "ImageId": image_id, "ImageState": "NORMAL"}]
+    if all_regions:
+        others = [r["Region"] for r in ep.call("DescribeRegions", {})["RegionSet"] if r["Region"] != ep.region]
+        if others:
+            copies = ep.call("SyncImages", {"ImageIds": [image_id], "DestinationRegions": others,
+                                            "ImageSetRequired": True})["ImageSet"]
+            for done in follow_copies(ep, image_id, copies):
+                if done["ImageState"] == "NORMAL":
+                    ep.in_region(done["Region"]).call("PublishImage", {"ImageId": done["ImageId"]})
+                published.append(done)
+    return published
 
 
 @app.command("publish")
@@ -291,21 +315,9 @@ def publish(
     region: str = RegionOpt,
     json_out: bool = JsonOpt,
 ) -> None:
-    """Operator only: publish one of your images as a public image of its region (--all-regions: of
-    every region). The image itself is published first, so an account that may not publish is refused
-    before anything is copied; each copy is published once it is NORMAL."""
-    ep = Endpoint(endpoint, region)
-    ep.call("PublishImage", {"ImageId": image_id})
-    published = [{"Region": ep.region, "ImageId": image_id, "ImageState": "NORMAL"}]
-    if all_regions:
-        others = [r["Region"] for r in ep.call("DescribeRegions", {})["RegionSet"] if r["Region"] != ep.region]
-        if others:
-            copies = ep.call("SyncImages", {"ImageIds": [image_id], "DestinationRegions": others,
-                                            "ImageSetRequired": True})["ImageSet"]
-            for done in follow_copies(ep, image_id, copies):
-                if done["ImageState"] == "NORMAL":
-                    Endpoint(ep.url, done["Region"]).call("PublishImage", {"ImageId": done["ImageId"]})
-                published.append(done)
+    """Operators: publish one of your images as a public image of its region (--all-regions: copy it into
+    every region and publish each copy)."""
+    published = publish_image(Endpoint(endpoint, region), image_id, all_regions=all_regions)
     if json_out:
         print_json(published)
     else:
@@ -339,7 +351,7 @@ def follow_copies(ep: Endpoint, image_id: str, copies: list[dict[str, Any]]) -> 
         waiting = {c["ImageId"]: c for c in copies}
         while waiting:
             for copy_id, c in list(waiting.items()):
-                image = describe_image(Endpoint(ep.url, c["Region"]), copy_id)
+                image = describe_image(ep.in_region(c["Region"]), copy_id)
                 if image is None:
                     die(f"image {copy_id} disappeared from {c['Region']}", EXIT_FAILED)
                 progress.update(bars[copy_id], completed=image.get("SyncPercent") or 0)
@@ -441,17 +453,14 @@ def shares(image_id: str, endpoint: str = EndpointOpt, region: str = RegionOpt, 
     if json_out:
         print_json(rows)
         return
-    table = Table("AccountId", "Shared since")
-    for r in rows:
-        table.add_row(r["AccountId"], r["CreatedTime"])
-    out.print(table)
+    table(["AccountId", "Shared since"], [[r["AccountId"], r["CreatedTime"]] for r in rows])
 
 
 @app.command("export")
 @sdk_errors
 def export(
     image_id: str,
-    fmt: str = typer.Option("raw", "--format", help="raw, qcow2, vmdk or vhd."),
+    fmt: str = typer.Option("raw", "--format", metavar="FORMAT", help="raw, qcow2, vmdk or vhd."),
     output: Path = typer.Option(..., "-o", "--output"),
     bucket: str = typer.Option(DEFAULT_BUCKET, "--bucket"),
     endpoint: str = EndpointOpt,

@@ -10,10 +10,10 @@ from typing import Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-from rich.table import Table
 
 from stratus.cli.common import (
     EXIT_FAILED,
+    EXIT_REFUSED,
     Endpoint,
     EndpointOpt,
     JsonOpt,
@@ -23,6 +23,7 @@ from stratus.cli.common import (
     out,
     print_json,
     sdk_errors,
+    table,
 )
 from stratus.cli.image_cmd import follow_image
 
@@ -58,7 +59,7 @@ def follow_instances(ep: Endpoint, instance_ids: list[str], what: str, done: set
 def run(
     image: str = typer.Option(..., "--image"),
     count: int = typer.Option(1, "--count"),
-    instance_type: str = typer.Option("S5.SMALL1", "--type"),
+    instance_type: str = typer.Option("S5.SMALL1", "--type", metavar="TYPE", help="Instance type."),
     zone: str = typer.Option(None, "--zone", help="Default: the region's first zone."),
     name: str = typer.Option("", "--name", help="Patterns {R:x} and {R:x,F:y} number the instances."),
     system_disk: int = typer.Option(None, "--system-disk-size", help="GiB (at least the image's size)."),
@@ -114,20 +115,18 @@ def list_(endpoint: str = EndpointOpt, region: str = RegionOpt, json_out: bool =
     if json_out:
         print_json(found)
         return
-    table = Table("InstanceId", "Name", "State", "Type", "Zone", "ImageId", "Created")
-    for i in found:
-        table.add_row(i["InstanceId"], i["InstanceName"], i["InstanceState"], i["InstanceType"],
-                      i["Placement"]["Zone"], i["ImageId"], i["CreatedTime"])
-    out.print(table)
+    table(["InstanceId", "Name", "State", "Type", "Zone", "ImageId", "Created"],
+          [[i["InstanceId"], i["InstanceName"], i["InstanceState"], i["InstanceType"], i["Placement"]["Zone"],
+            i["ImageId"], i["CreatedTime"]] for i in found])
 
 
 @app.command("show")
 @sdk_errors
-def show(instance_id: str, endpoint: str = EndpointOpt, region: str = RegionOpt) -> None:
-    """One instance as JSON."""
+def show(instance_id: str, endpoint: str = EndpointOpt, region: str = RegionOpt, json_out: bool = JsonOpt) -> None:
+    """One instance as JSON (--json is accepted for symmetry with the list verbs)."""
     found = describe(Endpoint(endpoint, region), [instance_id])
     if not found:
-        die(f"InvalidInstanceId.NotFound: the instance {instance_id} does not exist", 1)
+        die(f"InvalidInstanceId.NotFound: the instance {instance_id} does not exist in {region}", EXIT_REFUSED)
     print_json(found[0])
 
 
@@ -187,10 +186,32 @@ def reset(
 
 @app.command("console")
 @sdk_errors
-def console_(instance_id: str, endpoint: str = EndpointOpt, region: str = RegionOpt) -> None:
+def console_(
+    instance_id: str,
+    wait_for: str = typer.Option(None, "--wait-for", metavar="TEXT",
+                                 help="Wait until TEXT is on the console, then print it."),
+    timeout: float = typer.Option(120.0, "--timeout", metavar="SECONDS", help="How long --wait-for waits."),
+    endpoint: str = EndpointOpt,
+    region: str = RegionOpt,
+) -> None:
     """Print the serial console log of an instance (qemu driver)."""
-    resp = Endpoint(endpoint, region).call("GetInstanceConsoleOutput", {"InstanceId": instance_id})
-    sys.stdout.write(base64.b64decode(resp["Output"]).decode("utf-8", "replace"))
+    ep = Endpoint(endpoint, region)
+    found = describe(ep, [instance_id])
+    if found and found[0].get("ComputeDriver") == "disk":
+        die(f"{instance_id} runs on the disk driver, which has no console (it keeps disks, not VMs); the qemu "
+            "driver runs real VMs: `compute = \"qemu\"` in the config or STRATUS_COMPUTE=qemu on the server",
+            EXIT_FAILED)
+    deadline = time.monotonic() + timeout
+    while True:
+        resp = ep.call("GetInstanceConsoleOutput", {"InstanceId": instance_id})
+        text = base64.b64decode(resp["Output"]).decode("utf-8", "replace")
+        if not wait_for or wait_for in text:
+            break
+        if time.monotonic() > deadline:
+            sys.stdout.write(text)
+            die(f"{wait_for!r} did not appear on the console of {instance_id} within {timeout:g} s", EXIT_FAILED)
+        time.sleep(0.5)
+    sys.stdout.write(text)
 
 
 @sdk_errors

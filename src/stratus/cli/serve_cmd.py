@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
+from pathlib import Path
 
 import typer
 
-from stratus.cli.common import EXIT_FAILED, ConfigOpt, DataDirOpt, die, settings
+from stratus.cli.common import EXIT_FAILED, ConfigOpt, DataDirOpt, catalog_label, console, die, settings
 from stratus.config import Settings
 
 LogLevelOpt = typer.Option("info", "--log-level", help="debug, info, warning or error.")
@@ -21,8 +23,6 @@ def _setup_logs(level: str, fmt: str | None) -> None:
     if fmt not in (None, "json", "text"):
         die(f"--log-format must be json or text, not {fmt!r}")
     logs.setup(level, fmt)  # type: ignore[arg-type]
-
-
 
 
 def _ready(cfg: Settings):  # type: ignore[no-untyped-def]
@@ -40,10 +40,29 @@ def _ready(cfg: Settings):  # type: ignore[no-untyped-def]
     return svc
 
 
+def first_lines(cfg: Settings, host: str, port: int, config: str | None = None) -> str:
+    """Where it serves, and what a new user runs next (in another terminal)."""
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    computes = sorted({r.compute for r in cfg.regions})
+    # Admin verbs must find the same catalog: name what they can't guess from the directory they run in.
+    data_dir = "" if cfg.data_dir == Path("var").absolute() else f" --data-dir {cfg.data_dir}"
+    if config:
+        data_dir += f" --config {Path(config).absolute()}"
+    return (
+        f"Stratus serves {url} (data directory {cfg.data_dir}, catalog {catalog_label(cfg)}, "
+        f"compute {'/'.join(computes)})\n"
+        f"Next, in another terminal in {Path.cwd()}:\n"
+        f"  export PATH={Path(sys.executable).parent}:$PATH STRATUS_ENDPOINT={url}\n"
+        f"  stratus demo{data_dir}   # a bootable public image, stratus-tiny-linux, in every region\n"
+        f'  eval "$(stratus account create alice{data_dir})"   # admin verbs act on this data directory\n'
+        f"  stratus image list   # the README's Quickstart goes on from here"
+    )
+
+
 def serve(
     data_dir: str = DataDirOpt,
-    host: str = typer.Option("127.0.0.1", "--host"),
-    port: int = typer.Option(8700, "--port"),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8700, "--port", help="Port to listen on (`make run PORT=8800`)."),
     config: str = ConfigOpt,
     no_workers: bool = typer.Option(False, "--no-workers", help="Serve the API only; run `stratus worker` elsewhere."),
     log_level: str = LogLevelOpt,
@@ -61,11 +80,14 @@ def serve(
     # (their tasks are handed back, not left to look like a crash) instead of the process just dying.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _exit_on_signal)
+    if logging.getLogger().level > logging.DEBUG:
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # so the first lines are where and what next
     cfg = settings(data_dir, config)
-    svc = _ready(cfg)
+    svc = _ready(cfg)  # the server's first start creates the catalog
+    console.print(first_lines(cfg, host, port, config), highlight=False, soft_wrap=True)
     runner = None if no_workers else start_workers(svc)
     logging.getLogger("stratus").info(
-        "serving on http://%s:%d, data in %s, catalog %s", host, port, cfg.data_dir, cfg.database_url.split("@")[-1]
+        "serving on http://%s:%d, data in %s, catalog %s", host, port, cfg.data_dir, catalog_label(cfg)
     )
     try:
         uvicorn.run(create_app(svc), host=host, port=port, log_config=None, access_log=False, http="httptools",

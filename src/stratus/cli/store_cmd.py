@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from stratus.cli.common import EXIT_DAMAGED, ConfigOpt, DataDirOpt, JsonOpt, out, print_json, settings
+from stratus.cli.common import EXIT_DAMAGED, ConfigOpt, DataDirOpt, JsonOpt, admin_services, out, print_json
 
 RegionsOpt = typer.Option(None, "--region", help="Only this region (repeatable); default all.")
 
@@ -22,9 +22,8 @@ def fsck(
 ) -> None:
     """Re-hash every chunk of the stores; name the images a damaged or missing chunk belongs to."""
     from stratus.service.maintenance import fsck_region
-    from stratus.service.runtime import prepare
 
-    svc = prepare(settings(data_dir, config))
+    svc = admin_services(data_dir, config)
     damaged = False
     results = []
     for name in _regions(svc, region):
@@ -61,9 +60,8 @@ def gc(
 ) -> None:
     """Mark and sweep: delete chunks no image references, older than the grace period."""
     from stratus.service.maintenance import gc_region
-    from stratus.service.runtime import prepare
 
-    svc = prepare(settings(data_dir, config))
+    svc = admin_services(data_dir, config)
     grace_s = svc.settings.limits.gc_grace_seconds if grace is None else grace
     results = []
     for name in _regions(svc, region):

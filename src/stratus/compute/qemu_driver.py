@@ -30,7 +30,8 @@ survives a server restart without any reconnect logic), run on a private asyncio
 callers may be plain threads or even coroutines. ``qemu.qmp``'s gotchas (reference/feasibility.md §5) are
 handled in :func:`_exchange`. Measured: one connect + negotiate + command + disconnect costs ~2-4 ms.
 
-/dev/kvm on our hosts can't run a guest (kvm-pvm hangs), so QEMU always runs with ``-accel tcg``.
+Accelerator: KVM where a probe at server start boots a guest kernel under it, else TCG (:mod:`stratus.compute.accel`;
+/dev/kvm on our build hosts is nested kvm-pvm, which hangs a guest, so there it is TCG).
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ from typing import Any
 
 from qemu.qmp import QMPClient
 
+from stratus.compute.accel import TCG, Accel
+from stratus.compute.accel import choose as choose_accel
 from stratus.compute.driver import ComputeError, ExitCallback, VmSpec
 from stratus.compute.seed import make_nocloud_seed
 
@@ -99,9 +102,10 @@ def _opt(value: str | os.PathLike[str]) -> str:
     return os.fspath(value).replace(",", ",,")
 
 
-def build_argv(spec: VmSpec, *, with_seed: bool) -> list[str]:
+def build_argv(spec: VmSpec, *, with_seed: bool, accel: Accel | None = None) -> list[str]:
     """The full command line, ``timeout`` included. Paths are absolute except the QMP socket (see module doc)."""
     wd = spec.workdir.absolute()
+    accel = accel or Accel(*TCG, why="default")
     argv = [
         TIMEOUT,
         "--signal=KILL",
@@ -109,10 +113,7 @@ def build_argv(spec: VmSpec, *, with_seed: bool) -> list[str]:
         QEMU,
         "-name",
         vm_name(spec.instance_id),
-        "-accel",
-        "tcg",
-        "-cpu",
-        "max",  # all TCG can emulate: distributions now require x86-64-v2, which the default qemu64 lacks
+        *accel.argv(),
         "-nodefaults",
         "-no-user-config",
         "-display",
@@ -389,7 +390,7 @@ class QemuDriver:
             make_nocloud_seed(
                 workdir / SEED_ISO, instance_id=spec.instance_id, hostname=spec.hostname, user_data=spec.user_data
             )
-            argv = build_argv(spec, with_seed=True)
+            argv = build_argv(spec, with_seed=True, accel=choose_accel())
             with open(workdir / QEMU_LOG, "ab") as qemu_log:
                 qemu_log.write(f"--- stratus: starting {vm_name(spec.instance_id)} at {time.ctime()}\n".encode())
                 qemu_log.flush()

@@ -147,6 +147,7 @@ class Inspection:
     qemu_format: str  # the -f to give qemu-img for this file
     virtual_size: int
     file_size: int
+    warnings: tuple[str, ...] = ()  # accepted, but the owner should know (recorded on the image)
 
 
 class ImageRejected(Exception):
@@ -229,6 +230,9 @@ def _expected_format(declared: str | None) -> str | None:
     return name
 
 
+NOT_A_DISK_BELOW = 1 << 20  # bytes: below this, an unaligned headerless file is "not a disk image"
+
+
 def _inspect(path: str, file_size: int, expected: str | None, max_size: int, allow_iso: bool) -> Inspection:
     if file_size == 0:
         raise _refuse("empty", "the file is empty; upload the disk image itself")
@@ -306,6 +310,14 @@ def _inspect(path: str, file_size: int, expected: str | None, max_size: int, all
             f"{fmt_label} images are not accepted; convert it with `qemu-img convert -O qcow2 in.{name} out.qcow2`",
         )
 
+    if fmt == "raw" and name == "raw" and file_size % 512 and file_size < NOT_A_DISK_BELOW:
+        # A small file with no format header and not even whole sectors is a text file, a script, an HTML
+        # error page saved as .img: padding advice would only make it a useless disk.
+        raise _refuse(
+            "not_a_disk",
+            f"this is not a disk image: {file_size} bytes with no qcow2, VMDK or VHD header, and not whole "
+            "512-byte sectors as a raw disk is; upload the disk image itself (e.g. the .qcow2 file)",
+        )
     if fmt == "raw" and file_size % 512:
         # qemu rounds a raw file up to whole sectors, so the guest would see bytes that aren't there.
         refusal.add(
@@ -369,7 +381,21 @@ def _inspect(path: str, file_size: int, expected: str | None, max_size: int, all
                 f"the {fmt_label} image refers to data up to byte {end} but the file has only {file_size} "
                 "bytes; the upload was probably cut short, upload it again",
             )
-    return Inspection(format=fmt, qemu_format=qemu_format, virtual_size=virtual_size, file_size=file_size)
+    warnings = (NO_BOOT_SECTOR,) if name == "raw" and fmt == "raw" and not _has_boot_signature(path) else ()
+    return Inspection(format=fmt, qemu_format=qemu_format, virtual_size=virtual_size, file_size=file_size,
+                      warnings=warnings)
+
+
+def _has_boot_signature(path: str) -> bool:
+    """An MBR (partition table or boot sector) ends its first sector with 55 AA; a GPT disk has one too."""
+    with open(path, "rb") as f:
+        f.seek(510)
+        return f.read(2) == b"\x55\xaa"
+
+
+NO_BOOT_SECTOR = ("the raw disk has no partition table or boot sector, so firmware cannot boot it: as a system "
+                  "disk it boots only if it is a bare ext filesystem carrying /boot/vmlinuz and /boot/initrd.img "
+                  "(direct kernel boot); as a data disk it is fine")
 
 
 def _truncated(label: str, file_size: int) -> ImageRejected:

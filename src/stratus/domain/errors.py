@@ -110,7 +110,8 @@ InvalidImageIdIncorrectState = _error(
 )
 InvalidImageIdInShared = _error(
     "InvalidImageId.InShared",
-    "The image {image_id} is shared with other accounts; cancel its sharing first "
+    "The image {image_id} is shared with other accounts; cancel its sharing first: `stratus image shares "
+    "{image_id}` lists them, `stratus image unshare {image_id} --account ACCOUNT_ID` cancels "
     "(ModifyImageSharePermission with Permission=CANCEL).",
 )
 InvalidImageNameDuplicate = _error(
@@ -282,7 +283,8 @@ BYOLImageShareFailed = _error(
 )
 ShareOverQuota = _error(
     "OverQuota",
-    "The image {image_id} would be shared with {count} accounts; the limit is {limit}. Cancel some shares first.",
+    "The image {image_id} would be shared with {count} accounts; the limit is {limit}. Cancel some shares "
+    "first (`stratus image unshare {image_id} --account ACCOUNT_ID`).",
 )
 ImageNotBelongToAccount = _error(
     "UnauthorizedOperation.ImageNotBelongToAccount",

@@ -104,8 +104,33 @@ def get_visible(s: Session, caller: Caller, region: str, image_id: str, *, for_u
         q = q.with_for_update()
     image = s.scalars(q).first()
     if image is None:
-        raise errors.InvalidImageIdNotFound(image_id=image_id)
+        raise not_found(s, caller, region, image_id)
     return image
+
+
+def not_found(s: Session, caller: Caller, region: str, image_id: str) -> errors.CvmError:
+    """InvalidImageId.NotFound; when the caller can see the id in another region, the message says where (an id
+    is unique across regions, so this tells nothing the caller couldn't list)."""
+    shared = select(ImageShare.image_id).where(ImageShare.account_id == caller.account_id)
+    elsewhere = s.scalars(select(Image.region).where(
+        Image.id == image_id, Image.region != region,
+        or_(Image.is_public, Image.owner_id == caller.account_id, Image.id.in_(shared)))).first()
+    if elsewhere is None:
+        return errors.InvalidImageIdNotFound(image_id=image_id)
+    return errors.InvalidImageIdNotFound(
+        f"The image {image_id} does not exist in {region}; it is in {elsewhere}: use that region "
+        f"(`--region {elsewhere}`, X-TC-Region: {elsewhere}).", image_id=image_id)
+
+
+def not_normal(image: Image) -> errors.CvmError:
+    """InvalidParameterValue.InvalidImageState for an action that needs NORMAL: a failed image never gets there."""
+    if image.state in (ImageState.IMPORTFAILED, ImageState.CREATEFAILED):
+        return errors.InvalidImageState(
+            f"The image {image.id} is {image.state} ({image.state_reason or 'no reason recorded'}) and will never "
+            f"be NORMAL: delete it (`stratus image delete {image.id}`) and "
+            f"{'import the file' if image.state == ImageState.IMPORTFAILED else 'capture the instance'} again.",
+            image_id=image.id, state=image.state)
+    return errors.InvalidImageState(image_id=image.id, state=image.state)
 
 
 def _owned_or_operator(image: Image, caller: Caller) -> bool:
@@ -653,7 +678,7 @@ def export_images(
             if kind is ImageType.PUBLIC and not caller.is_operator:
                 raise errors.PublicImageExportUnsupported(image_id=image_id)
             if image.state != ImageState.NORMAL:
-                raise errors.InvalidImageState(image_id=image_id, state=image.state)
+                raise not_normal(image)
             prefix = (prefixes[n] + "_") if prefixes and prefixes[n] else ""
             for disk in image.disks:
                 if only_root_disk and disk.index > 0:

@@ -147,6 +147,8 @@ class ImportHandler:
                             stored_bytes=result.data_bytes, source_format=inspection.format)
                 )
             done[str(index)] = {"manifest": digest, "new_bytes": result.new_bytes}
+            if inspection.warnings:
+                done[str(index)]["warnings"] = list(inspection.warnings)
             ctx.checkpoint({"done": done})
             if path.parent == work:
                 path.unlink(missing_ok=True)
@@ -155,7 +157,10 @@ class ImportHandler:
             state = s.scalar(select(Image.state).where(Image.id == ctx.image_id))
             if state != ImageState.IMPORTING:
                 raise TaskCancelled(f"image {ctx.image_id} is {state or 'gone'}")
-            set_image_state(s, ctx.image_id, ImageState.NORMAL, progress=100.0)
+            # Warnings stay on the NORMAL image as its ImageStateReason, "warning: ..." (the CLI prints them).
+            warnings = [f"{disk_label(int(i))}: {w}" for i, d in sorted(done.items()) for w in d.get("warnings", ())]
+            set_image_state(s, ctx.image_id, ImageState.NORMAL, progress=100.0,
+                            reason="warning: " + "; ".join(warnings) if warnings else None)
             self._consume_uploads(ctx, s)
             ctx.complete(s, result_data)
         self._remove_upload_files(ctx)

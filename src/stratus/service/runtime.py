@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from stratus import logs
@@ -16,6 +17,24 @@ from stratus.service.import_task import ImportHandler
 from stratus.tasks.runner import Handler, TaskContext, TaskRunner
 
 log = logging.getLogger(__name__)
+
+
+def catalog_exists(settings: Settings) -> bool:
+    """Whether the catalog has been created (by a server's first start, or `--init`); never creates one."""
+    from sqlalchemy import inspect
+
+    from stratus.catalog.db import open_database
+
+    url = settings.database_url
+    if url.startswith("sqlite"):
+        path = url.split("sqlite:///", 1)[-1]
+        if path != ":memory:" and not Path(path).is_file():
+            return False
+    db = open_database(url)
+    try:
+        return inspect(db.read_engine).has_table("alembic_version")
+    finally:
+        db.dispose()
 
 
 def prepare(settings: Settings) -> Services:
@@ -78,6 +97,10 @@ def start_workers(svc: Services) -> TaskRunner:
     from stratus.service.instance_tasks import adopt_vms, on_vm_exit
 
     get_driver("qemu").set_exit_callback(lambda instance_id, rc: on_vm_exit(svc, instance_id, rc))
+    if any(r.compute == "qemu" for r in svc.settings.regions):
+        from stratus.compute import accel
+
+        accel.choose()  # KVM or TCG, decided (with a log line) before the first VM starts
     adopted = adopt_vms(svc)
     if any(adopted.values()):
         log.info("VMs after restart: %s", adopted)

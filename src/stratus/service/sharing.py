@@ -18,7 +18,7 @@ from stratus.catalog.models import Account, ImageShare
 from stratus.domain import errors, ids
 from stratus.domain.states import ImageState, ImageType
 from stratus.service.context import Caller, Services
-from stratus.service.images import check_image_id, get_visible, image_type
+from stratus.service.images import check_image_id, get_visible, image_type, not_normal
 
 # Contract §8: "each custom image can be shared with at most 500 accounts" (older docs: 50).
 MAX_SHARES_PER_IMAGE = 500
@@ -94,7 +94,7 @@ def modify_image_share_permission(
                     s.delete(s.get(ImageShare, (image_id, account_id)))
             return
         if image.state != ImageState.NORMAL:
-            raise errors.InvalidImageState(image_id=image_id, state=image.state)
+            raise not_normal(image)
         if image.license_type == "BYOL":
             raise errors.BYOLImageShareFailed(image_id=image_id)
         known = set(s.scalars(select(Account.id).where(Account.id.in_(wanted))).all())

@@ -1,9 +1,10 @@
-"""A tiny bootable image for the qemu driver's tests, built without root privileges or mounts.
+"""A tiny bootable Linux image, built without root privileges or mounts: `stratus demo` imports it as the
+public image ``stratus-tiny-linux``, and the qemu driver's tests boot it.
 
 The image is a bare ext4 filesystem (``mke2fs -d``) carrying the host's Debian cloud kernel and a busybox
 initramfs at ``/boot/vmlinuz`` and ``/boot/initrd.img`` (symlinks to the versioned files, as distributions do),
 so it boots from the image alone through :func:`stratus.compute.boot.extract_kernel`. Its ``/init`` prints
-markers on the serial console that the tests wait for:
+markers on the serial console (what the tests and the README quickstart wait for):
 
 =====================================  ==================================================================
 ``STRATUS-BOOT-OK``                    the root disk (/dev/vda) is mounted read-write at /mnt/root
