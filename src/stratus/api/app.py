@@ -1,4 +1,4 @@
-"""The Starlette application: the CVM endpoint at `/` and the data API beside it."""
+"""The Starlette application: the CVM endpoint at `/`, the data API beside it, the console at /console/."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from starlette.routing import Route
 
 from stratus.api.cvm.endpoint import make_endpoint
 from stratus.api.data import routes as data_routes
+from stratus.console import web as console_web
 from stratus.service.context import Services
 
 
 def create_app(svc: Services) -> Starlette:
     cvm = make_endpoint(svc)
-    routes = [Route("/", cvm, methods=["GET", "POST"]), *data_routes.routes(svc)]
+    routes = [Route("/", cvm, methods=["GET", "POST"]), *data_routes.routes(svc), *console_web.routes()]
     return Starlette(routes=routes)
