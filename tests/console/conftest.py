@@ -69,7 +69,7 @@ class Console:
 
     def signed_in(self, account: Account) -> Page:
         page = self.sign_in(account)
-        expect(page.get_by_role("heading", name="Images in ap-guangzhou")).to_be_visible()
+        expect(page.get_by_role("heading", name="Images in ap-guangzhou", exact=True)).to_be_visible()
         return page
 
     def tab(self, name: str) -> None:
@@ -86,8 +86,9 @@ def console(browser: Browser, server: Server) -> Iterator[Any]:
     """Make consoles (one per person); on teardown, assert none of them went outside the server."""
     made: list[Console] = []
 
-    def new(width: int = 1280, height: int = 800) -> Console:
-        ctx = browser.new_context(viewport={"width": width, "height": height}, accept_downloads=True)
+    def new(width: int = 1280, height: int = 800, timezone_id: str | None = None) -> Console:
+        ctx = browser.new_context(viewport={"width": width, "height": height}, accept_downloads=True,
+                                  timezone_id=timezone_id, locale="en-US")
         page = ctx.new_page()
         c = Console(server, ctx, page)
         page.on("request", lambda r: c.requests.append(r.url))
