@@ -168,6 +168,28 @@ def test_sign_in_wrong_key_and_sign_out(console, server: Server, owner: Account)
     page.reload()
     expect(page.get_by_label("SecretKey")).to_be_visible()
 
+    # A session past its expiry is forgotten, with a message.
+    c.signed_in(owner)
+    page.evaluate("""() => new Promise((resolve) => {
+        const req = indexedDB.open("stratus-console", 1);
+        req.onsuccess = () => {
+            const store = req.result.transaction("session", "readwrite").objectStore("session");
+            const get = store.get("current");
+            get.onsuccess = () => {
+                store.put({...get.result, expiresAt: Date.now() - 1}, "current").onsuccess = resolve;
+            };
+        };
+    })""")
+    page.reload()
+    expect(page.locator("#signin-error")).to_contain_text("session expired")
+    assert session_record(page) is None
+    c.signed_in(owner)
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.locator("#signin-error")).to_contain_text("You signed out")
+    assert session_record(page) is None
+    page.reload()
+    expect(page.get_by_label("SecretKey")).to_be_visible()
+
 
 def test_a_revoked_key_sends_the_user_back_to_sign_in(console, server: Server) -> None:  # type: ignore[no-untyped-def]
     base = server.account("dave")
@@ -364,6 +386,18 @@ def test_launch_and_instance_actions(console, server: Server, owner: Account, ow
     expect(page.get_by_label("Serial console output")).to_be_visible()
     page.get_by_role("button", name="Close").click()
 
+    page.get_by_role("button", name="Create image…").click()
+    page.get_by_label("Image name").fill("captured-web-1")
+    page.get_by_role("button", name="Create image", exact=True).click()
+    capture = op_item(page, "Capture web-1 → captured-web-1")
+    expect(capture.locator(".state")).to_have_text("NORMAL", timeout=90_000)
+    captured = capture.get_by_role("link").inner_text()
+    assert describe(server, owner, captured)["SourceInstanceId"] == web1.locator(".id").inner_text()  # type: ignore[index]
+    page.get_by_role("button", name="Reset to image…").click()
+    page.get_by_label("Image", exact=True).select_option(captured)
+    page.get_by_role("button", name="Reset", exact=True).click()
+    expect(web1).to_contain_text(captured, timeout=60_000)
+
     row(page, "web-2").get_by_role("checkbox").check()
     page.get_by_role("button", name="Terminate…").click()
     dialog = page.locator("dialog")
@@ -550,3 +584,50 @@ def test_labels_keyboard_narrow_window_and_screenshots(console, server: Server, 
     npage.goto(f"{server.url}/console/#/images/{shared}")
     expect(npage.get_by_role("heading", name=re.compile("shared-with-gabe"))).to_be_visible()
     assert npage.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), "page scrolls sideways"
+
+
+def test_a_large_upload_keeps_the_browser_memory_flat(console, server: Server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """768 MiB through File.slice() pieces: the browser's processes must not grow with the file."""
+    import threading
+
+    import psutil
+
+    acct = server.account("mia")
+    size_mib = 768
+    big = tmp_path / "large.raw"
+    with big.open("wb") as f:
+        f.write(os.urandom(4 * MiB))
+        f.truncate(size_mib * MiB)
+    c = console()
+    page = c.signed_in(acct)
+
+    def browser_rss() -> int:
+        total = 0
+        for p in psutil.Process().children(recursive=True):
+            try:
+                if "chrom" in p.name():
+                    total += p.memory_info().rss
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    base = browser_rss()
+    samples = [base]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            samples.append(browser_rss())
+            done.wait(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        start_upload(page, big, "large")
+        expect(op_item(page, "Import large")).to_be_visible(timeout=180_000)  # every byte is in
+    finally:
+        done.set()
+        sampler.join()
+    growth = max(samples) - base
+    assert growth < 160 * MiB, f"the browser grew {growth / MiB:.0f} MiB during a {size_mib} MiB upload"
+    expect(row(page, "large").locator(".state")).to_have_text("NORMAL", timeout=120_000)

@@ -109,6 +109,13 @@ async function enter(s, regionSet = null) {
   $("foot").textContent = `Times are in your time zone (${tz}). This console forgets your key at ` +
     `${new Date(s.expiresAt).toLocaleTimeString()} or when you sign out.`;
   app.ops = new Operations(s.secretId, renderOps);
+  for (const op of app.ops.list) {
+    // An upload whose page went away stopped with it: offer to resume (the server kept what arrived).
+    if (op.kind === "upload" && op.state === "UPLOADING" && !app.files.has(op.id)) {
+      Object.assign(op, { state: "INTERRUPTED", error: "The page was closed or reloaded during the upload." });
+    }
+  }
+  app.ops.save();
   renderOps(app.ops.list);
   clearInterval(app.timer);
   app.timer = setInterval(tick, 2000);
