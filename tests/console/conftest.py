@@ -35,9 +35,12 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One server per module on SQLite; copies are paced so their progress can be watched."""
+    """One server per module on SQLite, with three regions; copies are paced so their progress can be watched."""
     tmp = tmp_path_factory.mktemp("console")
-    srv = make_server(tmp, new_db_url(tmp), config_extra="sync_bytes_per_second = 8388608\n",
+    regions = "".join(f'[[regions]]\nname = "{n}"\ndisplay_name = "{d}"\nzones = ["{n}-1"]\n' for n, d in
+                      [("ap-guangzhou", "South China (Guangzhou)"), ("ap-shanghai", "East China (Shanghai)"),
+                       ("ap-beijing", "North China (Beijing)")])
+    srv = make_server(tmp, new_db_url(tmp), config_extra="sync_bytes_per_second = 4194304\n" + regions,
                       env_extra={"STRATUS_IMPORT_URL_ALLOW": "127.0.0.2/32"})
     srv.start()
     try:

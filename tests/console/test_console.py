@@ -39,6 +39,14 @@ def disks(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
+@pytest.fixture
+def shots(tmp_path: Path) -> Iterator[Path]:
+    """Screenshots go to a temporary directory; with STRATUS_CONSOLE_SCREENSHOTS=1 into docs/console/."""
+    out = SHOTS if os.environ.get("STRATUS_CONSOLE_SCREENSHOTS") == "1" else tmp_path
+    out.mkdir(parents=True, exist_ok=True)
+    yield out
+
+
 def sdk_import(server: Server, account: Account, disks: Path, file: str, name: str) -> str:
     with file_server(disks) as (base, _):
         resp = server.client(account).ImportImage(import_request(name, f"{base}/{file}"))
@@ -263,6 +271,37 @@ def test_search_and_filters(console, owner: Account, owned: str, shared: str) ->
     expect(page.get_by_role("heading", name="No image matches")).to_be_visible()
     page.get_by_role("button", name="Clear search and filters").click()
     expect(row(page, "owned-small")).to_be_visible()
+    page.get_by_label(re.compile(r"^OS\b")).select_option("Ubuntu")
+    page.get_by_role("button", name="Apply").click()
+    expect(page.get_by_role("heading", name="No image matches")).to_be_visible()
+    page.get_by_label(re.compile(r"^OS\b")).select_option("CentOS")
+    page.get_by_label("Platform").fill("cent")
+    page.get_by_role("button", name="Apply").click()
+    expect(row(page, "owned-small")).to_be_visible()
+
+
+def test_rename_and_describe(console, server: Server, disks: Path) -> None:  # type: ignore[no-untyped-def]
+    acct = server.account("nina")
+    image_id = sdk_import(server, acct, disks, "small.qcow2", "before")
+    sdk_import(server, acct, disks, "small.qcow2", "taken")
+    c = console()
+    page = c.signed_in(acct)
+    page.goto(f"{server.url}/console/#/images/{image_id}")
+    page.get_by_role("button", name="Rename / describe").click()
+    page.get_by_label("Name", exact=True).fill("x" * 61)
+    page.get_by_role("button", name="Save").click()
+    expect(page.get_by_text("Give a name of 1 to 60 characters.")).to_be_visible()
+    page.get_by_label("Name", exact=True).fill("taken")
+    page.get_by_role("button", name="Save").click()
+    expect(page.locator("dialog .error")).to_contain_text("InvalidImageName.Duplicate")
+    page.get_by_label("Name", exact=True).fill("after")
+    page.get_by_label("Description").fill("renamed in the console")
+    page.get_by_role("button", name="Save").click()
+    expect(page.get_by_role("heading", name=re.compile("^after"))).to_be_visible()
+    expect(page.get_by_text("renamed in the console")).to_be_visible()
+    image = describe(server, acct, image_id)
+    assert image is not None and image["ImageName"] == "after"
+    assert image["ImageDescription"] == "renamed in the console"
 
 
 def start_upload(page: Page, disk: Path, name: str) -> None:
@@ -360,7 +399,8 @@ def test_url_import_checks_input_and_shows_the_failure_reason(console, server: S
     expect(page.locator("dialog .error")).to_contain_text("InvalidImageName.Duplicate")
 
 
-def test_launch_and_instance_actions(console, server: Server, owner: Account, owned: str) -> None:  # type: ignore[no-untyped-def]
+def test_launch_and_instance_actions(console, server: Server, owner: Account, owned: str,  # type: ignore[no-untyped-def]
+                                     shots: Path) -> None:
     c = console()
     page = c.signed_in(owner)
     page.goto(f"{server.url}/console/#/images/{owned}")
@@ -398,6 +438,7 @@ def test_launch_and_instance_actions(console, server: Server, owner: Account, ow
     page.get_by_role("button", name="Reset", exact=True).click()
     expect(web1).to_contain_text(captured, timeout=60_000)
 
+    page.screenshot(path=str(shots / "instances.png"))
     row(page, "web-2").get_by_role("checkbox").check()
     page.get_by_role("button", name="Terminate…").click()
     dialog = page.locator("dialog")
@@ -408,8 +449,8 @@ def test_launch_and_instance_actions(console, server: Server, owner: Account, ow
     expect(page.get_by_role("heading", name="No instances in ap-guangzhou")).to_be_visible(timeout=60_000)
 
 
-def test_copy_to_another_region_with_live_progress_across_a_reload(console, server: Server,  # type: ignore[no-untyped-def]
-                                                                   disks: Path) -> None:
+def test_copy_to_two_regions_with_live_progress_across_a_reload(console, server: Server, disks: Path,  # type: ignore[no-untyped-def]
+                                                                shots: Path) -> None:
     acct = server.account("carl")
     image_id = sdk_import(server, acct, disks, "big.qcow2", "to-copy")
     c = console()
@@ -419,25 +460,33 @@ def test_copy_to_another_region_with_live_progress_across_a_reload(console, serv
     page.get_by_role("button", name="Copy", exact=True).click()
     expect(page.get_by_text("Choose at least one region.")).to_be_visible()
     page.get_by_role("checkbox", name="ap-shanghai").check()
+    page.get_by_role("checkbox", name="ap-beijing").check()
     page.get_by_role("button", name="Copy", exact=True).click()
-    op = op_item(page, "Copy to-copy → ap-shanghai")
-    expect(op).to_be_visible()
-    # The operations panel survives a reload and keeps following the copy.
+    expect(op_item(page, "Copy to-copy → ap-shanghai")).to_be_visible()
+    expect(op_item(page, "Copy to-copy → ap-beijing")).to_be_visible()
+    # The operations panel survives a reload and keeps following each copy.
     page.reload()
-    op = op_item(page, "Copy to-copy → ap-shanghai")
-    expect(op).to_be_visible()
-    seen: list[float] = []
-    wait_for(lambda: (seen.append(float(op.locator("progress").get_attribute("value") or 0))
-                      if op.locator("progress").count() else None) or (seen and seen[-1] > 0), timeout=30,
-             interval=0.2, what="copy progress")
-    expect(op.locator(".state")).to_have_text("NORMAL", timeout=60_000)
-    assert any(0 < v < 100 for v in seen), seen
-    copy_id = op.get_by_role("link").inner_text()
-    copy = describe(server, acct, copy_id, region="ap-shanghai")
-    assert copy is not None and copy["SourceImageId"] == image_id
+    ops = {r: op_item(page, f"Copy to-copy → {r}") for r in ("ap-shanghai", "ap-beijing")}
+    seen: dict[str, list[float]] = {r: [] for r in ops}
 
-    page.locator("#region").select_option("ap-shanghai")
-    page.goto(f"{server.url}/console/#/images/{copy_id}")
+    def progressed() -> bool:
+        for r, op in ops.items():
+            bar = op.locator("progress")
+            if bar.count():
+                seen[r].append(float(bar.get_attribute("value") or 0))
+        return all(any(0 < v < 100 for v in values) for values in seen.values())
+
+    wait_for(progressed, timeout=60, interval=0.2, what="both copies to show progress")
+    page.screenshot(path=str(shots / "operations.png"))
+    copies = {}
+    for r, op in ops.items():
+        expect(op.locator(".state")).to_have_text("NORMAL", timeout=90_000)
+        copies[r] = op.get_by_role("link").inner_text()
+        copy = describe(server, acct, copies[r], region=r)
+        assert copy is not None and copy["SourceImageId"] == image_id and copy["ImageState"] == "NORMAL"
+
+    page.locator("#region").select_option("ap-beijing")
+    page.goto(f"{server.url}/console/#/images/{copies['ap-beijing']}")
     expect(page.locator("figure.lineage figcaption")).to_contain_text(f"Image in ap-guangzhou: {image_id}")
 
 
@@ -529,12 +578,6 @@ LABELLESS = """() => [...document.querySelectorAll('input, select, textarea, but
     .filter((el) => !(el.labels && el.labels.length) && !el.getAttribute('aria-label')
                     && !el.getAttribute('aria-labelledby') && !(el.textContent || '').trim())
     .map((el) => el.outerHTML.slice(0, 120))"""
-
-
-@pytest.fixture
-def shots(tmp_path: Path) -> Iterator[Path]:
-    """Screenshots go to a temporary directory; with STRATUS_CONSOLE_SCREENSHOTS=1 into docs/console/."""
-    yield SHOTS if os.environ.get("STRATUS_CONSOLE_SCREENSHOTS") == "1" else tmp_path
 
 
 def test_labels_keyboard_narrow_window_and_screenshots(console, server: Server, owner: Account, owned: str,  # type: ignore[no-untyped-def]
