@@ -176,6 +176,13 @@ function dialog(title, content, { submitLabel, danger = false, onSubmit }) {
   return dlg;
 }
 
+let toolSeq = 0;
+/** A compact labelled control for a toolbar (label above, tied by for/id). */
+function tool(label, control) {
+  control.id = control.id || `t${++toolSeq}`;
+  return h("div", { class: "tool" }, h("label", { for: control.id }, label), control);
+}
+
 function check(control, ok, message) {
   setInvalid(control, ok ? "" : message);
   return ok;
@@ -244,8 +251,8 @@ async function imagesView() {
       } }, label)));
   const panel = h("div", { role: "tabpanel", "aria-labelledby": `tab-${st.tab}` },
     h("form", { class: "toolbar", role: "search", onsubmit: apply },
-      h("label", {}, "Search", q), h("label", {}, "Platform", platform), h("label", {}, "State", state),
-      h("label", {}, "OS", os), h("button", { type: "submit" }, "Apply"),
+      tool("Search", q), tool("Platform", platform), tool("State", state), tool("OS", os),
+      h("button", { type: "submit" }, "Apply"),
       h("span", { class: "spacer" }),
       own ? h("button", { type: "button", class: "primary", onclick: importDialog }, "Import image") : null,
       own ? del : null),
@@ -881,7 +888,9 @@ $("region").addEventListener("change", (e) => {
   app.img.selected.clear();
   app.ins.selected.clear();
   app.img.offset = 0;
-  route();
+  // An image page belongs to one region: go back to the list of the new one.
+  if (location.hash.startsWith("#/images/")) location.hash = "#/images";
+  else route();
 });
 window.addEventListener("hashchange", route);
 setAuthFailureHandler((err) => {
