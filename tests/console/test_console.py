@@ -9,6 +9,7 @@ import json
 import os
 import re
 import subprocess
+import threading
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -16,6 +17,7 @@ from urllib.parse import parse_qs, urlparse
 from zoneinfo import ZoneInfo
 
 import httpx
+import psutil
 import pytest
 from playwright.sync_api import Page, expect
 
@@ -631,10 +633,6 @@ def test_labels_keyboard_narrow_window_and_screenshots(console, server: Server, 
 
 def test_a_large_upload_keeps_the_browser_memory_flat(console, server: Server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """768 MiB through File.slice() pieces: the browser's processes must not grow with the file."""
-    import threading
-
-    import psutil
-
     acct = server.account("mia")
     size_mib = 768
     big = tmp_path / "large.raw"
@@ -672,5 +670,6 @@ def test_a_large_upload_keeps_the_browser_memory_flat(console, server: Server, t
         done.set()
         sampler.join()
     growth = max(samples) - base
+    print(f"browser RSS {base / MiB:.0f} MiB before, peak growth {growth / MiB:.0f} MiB over {len(samples)} samples")
     assert growth < 160 * MiB, f"the browser grew {growth / MiB:.0f} MiB during a {size_mib} MiB upload"
     expect(row(page, "large").locator(".state")).to_have_text("NORMAL", timeout=120_000)
