@@ -171,10 +171,13 @@ def test_sign_in_wrong_key_and_sign_out(console, server: Server, owner: Account)
     assert owner.secret_key not in stored["localStorage"]
     page.reload()
     expect(page.get_by_role("heading", name="Images in ap-guangzhou", exact=True)).to_be_visible()
+    ops_key = f"stratus.ops.{owner.secret_id}"
+    assert page.evaluate("k => localStorage.getItem(k)", ops_key) == "[]"
 
     page.get_by_role("button", name="Sign out").click()
     expect(page.locator("#signin-error")).to_contain_text("You signed out")
     assert session_record(page) is None
+    assert page.evaluate("k => localStorage.getItem(k)", ops_key) is None
     page.reload()
     expect(page.get_by_label("SecretKey")).to_be_visible()
 

@@ -80,8 +80,13 @@ function showSignIn(message = "") {
   sid.focus();
 }
 
-async function signOut(message = "") {
+async function signOut(message = "", { forget = false } = {}) {
   clearInterval(app.timer);
+  if (forget && app.cred) {
+    // Signing out on purpose also leaves no trace of the work on this browser (a shared computer).
+    localStorage.removeItem(`stratus.ops.${app.cred.secretId}`);
+    localStorage.removeItem("stratus.uploads");
+  }
   app.cred = null;
   app.refresh = null;
   await session.clear();
@@ -881,7 +886,8 @@ function renderOps(list) {
 
 // ------------------------------------------------------------------------------------------ boot
 
-$("signout").addEventListener("click", () => signOut("You signed out. Your key was removed from this browser."));
+$("signout").addEventListener("click", () =>
+  signOut("You signed out. Your key and your operations list were removed from this browser.", { forget: true }));
 $("region").addEventListener("change", (e) => {
   app.region = e.target.value;
   localStorage.setItem("stratus.region", app.region);
