@@ -610,7 +610,14 @@ def test_labels_keyboard_narrow_window_and_screenshots(console, server: Server, 
     expect(row(page, "owned-small")).to_be_visible()
     assert page.evaluate(LABELLESS) == []
     page.screenshot(path=str(shots / "images.png"))
-    # Keyboard: Tab reaches the image link, Enter opens it.
+    # Keyboard: the tabs move with the arrow keys; Tab reaches the image link, Enter opens it.
+    page.get_by_role("tab", name="Custom").focus()
+    page.keyboard.press("ArrowLeft")
+    expect(page.get_by_role("tab", name="Public")).to_be_focused()
+    expect(page.get_by_role("tab", name="Public")).to_have_attribute("aria-selected", "true")
+    page.keyboard.press("ArrowRight")
+    expect(page.get_by_role("tab", name="Custom")).to_have_attribute("aria-selected", "true")
+    expect(row(page, "owned-small")).to_be_visible()
     link = page.get_by_role("link", name="owned-small")
     for _ in range(40):
         page.keyboard.press("Tab")
