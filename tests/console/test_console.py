@@ -568,6 +568,7 @@ def test_delete_one_or_many_with_a_confirmation(console, server: Server, disks: 
     expect(dialog).to_contain_text(f"doomed-a ({a})")
     expect(dialog).to_contain_text(f"doomed-b ({b})")
     expect(dialog).not_to_contain_text("kept")
+    expect(page.get_by_role("button", name="Cancel")).to_be_focused()  # Enter alone deletes nothing
     page.get_by_role("button", name="Cancel").click()
     assert describe(server, acct, a) is not None
     page.get_by_role("button", name="Delete selected (2)").click()

@@ -176,7 +176,10 @@ function dialog(title, content, { submitLabel, danger = false, onSubmit }) {
   h("div", { class: "buttons" }, h("button", { type: "button", onclick: () => dlg.close() }, "Cancel"), submit));
   replace(dlg, form);
   dlg.showModal();
-  const first = form.querySelector("input:not([type=hidden]), select, textarea, button[type=submit]");
+  // A confirmation starts on Cancel, so Enter alone never deletes; a form starts on its first field.
+  const first = danger && !form.querySelector("input, select, textarea")
+    ? form.querySelector(".buttons button[type=button]")
+    : form.querySelector("input:not([type=hidden]), select, textarea, button[type=submit]");
   if (first) first.focus();
   return dlg;
 }
