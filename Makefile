@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha256sum | cut -c1-12)
 # Debian packages (scripts/debian-packages.txt): qemu-img for inspection and conversion; qemu-system, the
-# cloud kernel and busybox for the qemu compute driver and its tests.
+# cloud kernel and busybox for the qemu compute driver and its tests; chromium for the console tests.
 DEB_PACKAGES := $(shell grep -v '^\#' scripts/debian-packages.txt)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PORT ?= 8700
