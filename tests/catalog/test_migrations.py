@@ -44,7 +44,7 @@ def test_0007_converts_json_manifests_to_binary_and_back(tmp_path: Path) -> None
     table = sa.table("manifests", sa.column("region"), sa.column("digest"), sa.column("body", sa.LargeBinary),
                      sa.column("virtual_size"), sa.column("created_at"))
     try:
-        migrate.upgrade(db, "0004")
+        migrate.upgrade(db, "0006")
         with db.write_engine.begin() as conn:
             conn.execute(sa.delete(table))
             for m in manifests:
@@ -60,7 +60,7 @@ def test_0007_converts_json_manifests_to_binary_and_back(tmp_path: Path) -> None
         with db.write_engine.connect() as conn:
             cfg = migrate._config()
             cfg.attributes["connection"] = conn
-            command.downgrade(cfg, "0004")
+            command.downgrade(cfg, "0006")
             conn.commit()
         with db.write_engine.connect() as conn:
             rows = dict(conn.execute(sa.select(table.c.digest, table.c.body)).all())

@@ -1,7 +1,7 @@
 """manifests stored in the binary SMF2 form (32 bytes per data chunk) instead of hex JSON
 
 Revision ID: 0007
-Revises: 0004
+Revises: 0006
 
 The manifest digest (BLAKE3 of the canonical JSON) does not change, so no reference to a manifest
 (image disks, instance disks, base files) is touched: only ``manifests.body`` is rewritten, one row at
@@ -15,7 +15,7 @@ from alembic import op
 from stratus.domain.manifest import DiskManifest
 
 revision = "0007"
-down_revision = "0004"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
