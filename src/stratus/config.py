@@ -282,7 +282,7 @@ class ConfigFile(_Section):
 
     data_dir: str | None = None
     database_url: DatabaseUrl | None = None
-    workers: Positive = 2
+    workers: Annotated[int, Field(ge=0)] = 2  # 0: this process runs no task workers (as --no-workers)
     import_: ImportFile = Field(default_factory=ImportFile, alias="import")
     limits: Limits = Field(default_factory=Limits)
     quotas: Quotas = Field(default_factory=Quotas)
@@ -446,10 +446,14 @@ def load_settings(
     allow: str | list[str] = conf.import_.url_allow
     if environ.STRATUS_IMPORT_URL_ALLOW is not None:
         allow = environ.STRATUS_IMPORT_URL_ALLOW
+    try:
+        regions = tuple(_region(r, ddir, environ.STRATUS_COMPUTE) for r in conf.regions)
+    except ConfigError as exc:  # a `store` or bucket table, checked with its region named
+        raise ConfigError(f"{path}: {exc}") from None
     return Settings(
         data_dir=ddir,
         database_url=db_url,
-        regions=tuple(_region(r, ddir, environ.STRATUS_COMPUTE) for r in conf.regions),
+        regions=regions,
         limits=conf.limits,
         quotas=conf.quotas,
         import_url_allow=parse_networks(allow),

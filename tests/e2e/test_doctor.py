@@ -31,7 +31,7 @@ def healthy(server: Server, tmp_path: Path) -> tuple[Path, Path, dict[str, str]]
     """A data dir of its own (so the tests can break it), laid out and migrated by `stratus account create`."""
     data_dir = tmp_path / "var"
     env = {**server.env, "STRATUS_DATABASE_URL": f"sqlite:///{data_dir / 'stratus.db'}"}
-    res = subprocess.run([STRATUS, "account", "create", "doc", "--data-dir", str(data_dir), "--config",
+    res = subprocess.run([STRATUS, "account", "create", "doc", "--init", "--data-dir", str(data_dir), "--config",
                           str(server.config), "--json"], env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     return data_dir, server.config, env
