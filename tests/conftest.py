@@ -184,6 +184,20 @@ class Server:
                               capture_output=True, text=True, timeout=120)
 
 
+def log_text(path: Path) -> str:
+    """A server's output as a person reads it: JSON log lines (the default when it writes to a file) become
+    their messages, other lines stay as they are."""
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            out.append(line)
+            continue
+        out.append(record.get("message", line) if isinstance(record, dict) else line)
+    return "\n".join(out)
+
+
 def make_server(tmp: Path, db_url: str, *, config_extra: str = "", env_extra: dict[str, str] | None = None) -> Server:
     data_dir = tmp / "var"
     config = tmp / "stratus.toml"

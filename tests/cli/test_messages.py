@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from stratus.disk import hostile
-from tests.conftest import STRATUS, Account, Server, free_port
+from tests.conftest import STRATUS, Account, Server, free_port, log_text
 
 MiB = 1 << 20
 
@@ -205,7 +205,7 @@ def test_console_on_the_disk_driver_says_there_is_none(server: Server, alice: Ac
 
 
 def test_the_server_first_lines_say_where_and_what_next(server: Server) -> None:
-    lines = server.log.read_text().splitlines()
+    lines = log_text(server.log).splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("Stratus serves "))
     assert lines[start].startswith(f"Stratus serves {server.url} (data directory {server.data_dir}")
     following = "\n".join(lines[start:start + 6])

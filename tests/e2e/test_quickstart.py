@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from stratus.compute import tinyimage
-from tests.conftest import BIN, ROOT, STRATUS, free_port
+from tests.conftest import BIN, ROOT, STRATUS, free_port, log_text
 
 pytestmark = pytest.mark.skipif(bool(tinyimage.missing_tools()),
                                 reason=f"the quickstart needs {tinyimage.missing_tools()} (make deps installs them)")
@@ -78,7 +78,7 @@ def served(tmp_path: Path) -> Iterator[tuple[Path, int]]:
 
 def test_the_readme_quickstart_runs_as_written(served: tuple[Path, int]) -> None:
     workdir, port = served
-    first_lines = (workdir / "server.log").read_text()
+    first_lines = log_text(workdir / "server.log")
     # The server's first lines say where it serves and what to run next.
     assert f"Stratus serves http://127.0.0.1:{port}" in first_lines
     assert 'eval "$(stratus account create alice)"' in first_lines

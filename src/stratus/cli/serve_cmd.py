@@ -17,12 +17,15 @@ LogFormatOpt = typer.Option(None, "--log-format", help="json (one object per lin
                             "unless stderr is a terminal.")
 
 
-def _setup_logs(level: str, fmt: str | None) -> None:
+def _setup_logs(level: str, fmt: str | None) -> str:
+    """Configure logging; returns the format in effect (json or text)."""
     from stratus import logs
 
     if fmt not in (None, "json", "text"):
         die(f"--log-format must be json or text, not {fmt!r}")
+    fmt = fmt or logs.default_format(sys.stderr)
     logs.setup(level, fmt)  # type: ignore[arg-type]
+    return fmt
 
 
 def _ready(cfg: Settings):  # type: ignore[no-untyped-def]
@@ -74,7 +77,7 @@ def serve(
     from stratus.api.app import create_app
     from stratus.service.runtime import start_workers
 
-    _setup_logs(log_level, log_format)
+    fmt = _setup_logs(log_level, log_format)
     # uvicorn handles SIGTERM/SIGINT while it serves, then raises the signal again under the handler that
     # was there before: ours turns it into SystemExit, so the `finally` below stops the workers gracefully
     # (their tasks are handed back, not left to look like a crash) instead of the process just dying.
@@ -84,7 +87,10 @@ def serve(
         logging.getLogger("alembic").setLevel(logging.WARNING)  # so the first lines are where and what next
     cfg = settings(data_dir, config)
     svc = _ready(cfg)  # the server's first start creates the catalog
-    console.print(first_lines(cfg, host, port, config), highlight=False, soft_wrap=True)
+    if fmt == "text":
+        console.print(first_lines(cfg, host, port, config), highlight=False, soft_wrap=True)
+    else:  # every line of a JSON-logging server's output is one JSON object, the first lines too
+        logging.getLogger("stratus").info("%s", first_lines(cfg, host, port, config))
     runner = None if no_workers else start_workers(svc)
     logging.getLogger("stratus").info(
         "serving on http://%s:%d, data in %s, catalog %s", host, port, cfg.data_dir, catalog_label(cfg)
