@@ -300,3 +300,61 @@ def test_crashes_still_count(db: Database) -> None:
     done = row(db, task_id)
     assert done.state == "FAILED" and f"interrupted {MAX_ATTEMPTS} times" in (done.error or "")
     assert failed == [done.error]
+
+
+def _lost_catalog_error() -> Exception:
+    """What SQLAlchemy raises when PostgreSQL is away (a real refused connection, on a port nobody serves)."""
+    from sqlalchemy import create_engine
+
+    from tests.conftest import free_port
+
+    engine = create_engine(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/x",
+                           connect_args={"connect_timeout": 2})
+    try:
+        engine.connect()
+    except Exception as exc:
+        return exc
+    finally:
+        engine.dispose()
+    raise AssertionError("nothing listens there, yet it connected")
+
+
+def test_a_handler_that_lost_the_catalog_hands_the_task_back(db: Database) -> None:
+    """A handler whose catalog write failed because the database went away (a PostgreSQL restart) does
+    not fail its task: the task is released (not counted as a crash) and resumes, here at once."""
+    from stratus.catalog.db import catalog_unavailable
+
+    lost = _lost_catalog_error()
+    assert catalog_unavailable(RuntimeError("wrapped")) is False
+    task_id = add_task(db)
+    runs: list[int] = []
+
+    class LosesTheCatalogOnce:
+        def run(self, ctx: TaskContext) -> dict[str, Any]:
+            runs.append(ctx.attempt)
+            if len(runs) == 1:
+                raise RuntimeError("system disk: lost the catalog") from lost  # handlers wrap; the chain tells
+            return {"ok": True}
+
+        def fail(self, ctx: TaskContext, reason: str) -> None:
+            raise AssertionError(f"failed: {reason}")
+
+    TaskRunner(db, {"t": LosesTheCatalogOnce()}, lease_seconds=30).run_until_idle(10)
+    done = row(db, task_id)
+    assert runs == [1, 2]
+    assert (done.state, done.error, done.released) == ("DONE", None, 1)
+
+
+def test_sqlite_errors_that_are_not_a_lost_server_still_fail(tmp_path: Path) -> None:
+    """SQLite says OperationalError for a missing table too: that is a bug to report, not a retry."""
+    from sqlalchemy import text as sql
+
+    from stratus.catalog.db import catalog_unavailable
+
+    database = open_database(f"sqlite:///{tmp_path / 'x.db'}")
+    try:
+        with pytest.raises(Exception) as info, database.read() as s:
+            s.execute(sql("SELECT * FROM no_such_table"))
+        assert catalog_unavailable(info.value) is False
+    finally:
+        database.dispose()

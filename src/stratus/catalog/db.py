@@ -8,6 +8,7 @@ PostgreSQL uses one engine for both, and writers lock rows explicitly (`FOR UPDA
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,7 +16,10 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+
+CONNECT_TIMEOUT = 10  # seconds to reach PostgreSQL before a request or task sees the catalog as unavailable
 
 
 def _sqlite_engine(url: str, immediate: bool) -> Engine:
@@ -87,5 +91,23 @@ def open_database(url: str) -> Database:
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         return Database(url, _sqlite_engine(url, immediate=False), _sqlite_engine(url, immediate=True))
-    engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    # pre_ping replaces connections a server restart broke before a request gets one; connect_timeout bounds
+    # the wait when the server is unreachable (a request fails with ServiceUnavailable instead of hanging).
+    engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True,
+                           connect_args={"connect_timeout": CONNECT_TIMEOUT})
     return Database(url, engine, engine)
+
+
+def catalog_unavailable(exc: BaseException) -> bool:
+    """True if ``exc`` (or anything in its cause chain) says the catalog database could not be reached or
+    dropped the connection (a restart, a network cut): worth retrying, not a reason to fail anything."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, DBAPIError) and (cur.connection_invalidated or (
+                # SQLite says OperationalError for a missing table too: only a server's count here.
+                isinstance(cur, OperationalError | InterfaceError) and not isinstance(cur.orig, sqlite3.Error))):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False

@@ -43,6 +43,9 @@ def _error(code: str, doc: str) -> type[CvmError]:
 
 # --- platform-wide (contract §2.7)
 InternalError = _error("InternalError", "Internal error; the server log has details under this RequestId.")
+ServiceUnavailable = _error(
+    "ServiceUnavailable", "The catalog database is unreachable (restarting?); retry in a few seconds."
+)
 AuthFailureInvalidAuthorization = _error(
     "AuthFailure.InvalidAuthorization", "The Authorization header is malformed: {detail}."
 )

@@ -35,7 +35,7 @@ from typing import Any, Protocol
 from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from stratus.catalog.db import Database
+from stratus.catalog.db import Database, catalog_unavailable
 from stratus.catalog.models import Task
 
 log = logging.getLogger(__name__)
@@ -276,6 +276,27 @@ class TaskRunner:
             ctx._write_task(s, state="QUEUED", lease_owner=None, lease_expires_at=None,
                             released=Task.released + 1)
 
+    def _hand_back(self, ctx: TaskContext, exc: BaseException) -> None:
+        """Release a task whose handler lost the catalog, once the catalog answers again, so that it
+        resumes from its checkpoint (a release, not a crash). If the catalog stays away longer than the
+        lease, the lease lapses instead and the task is taken over as after a crash."""
+        log.warning("task %s (%s): the catalog is unreachable (%s); handing it back once it answers",
+                    ctx.task_id, ctx.kind, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        delay = self.poll_seconds
+        while True:
+            try:
+                self._release(ctx)
+                return
+            except TaskLost:
+                raise
+            except Exception as again:
+                if not catalog_unavailable(again):
+                    raise
+                if ctx.lease_lost() or self.stopping.is_set():
+                    raise TaskLost() from again  # the lease lapses; whoever claims the task next resumes it
+            self.stopping.wait(delay)
+            delay = min(self.max_backoff, delay * 2)
+
     def _remove_scratch(self, task_id: int) -> None:
         if self.scratch_root is not None:
             for path in self.scratch_root.glob(f"task-{task_id}-a*"):
@@ -319,6 +340,10 @@ class TaskRunner:
         except Exception as exc:  # every failure becomes a readable FAILED state
             if ctx.lease_lost():
                 raise TaskLost() from exc  # whatever it failed with, it is no longer ours to fail
+            if catalog_unavailable(exc):
+                # The catalog went away under the handler (a PostgreSQL restart): not the task's fault.
+                self._hand_back(ctx, exc)
+                return
             if self.stopping.is_set() and not isinstance(exc, TaskCancelled):
                 # Shutting down: hand the task back; the next worker resumes it from its checkpoint.
                 log.info("task %s interrupted by shutdown; released", ctx.task_id)

@@ -83,8 +83,9 @@ def make_endpoint(svc: Services):  # type: ignore[no-untyped-def]
             body = await read_body(request, limit)
             fields = await run_in_threadpool(_dispatch, svc, request, body, request_id, rate)
         except Exception as exc:
-            http_metrics.note(code=exc.code if isinstance(exc, errors.CvmError) else "InternalError")
-            return envelope.failure(exc, request_id)
+            err = envelope.as_cvm_error(exc, request_id)
+            http_metrics.note(code=err.code)
+            return envelope.failure(err, request_id)
         http_metrics.note(code="Success")
         return envelope.success(request_id, fields)
 

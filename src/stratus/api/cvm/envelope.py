@@ -9,6 +9,7 @@ from typing import Any
 
 from starlette.responses import Response
 
+from stratus.catalog.db import catalog_unavailable
 from stratus.domain import errors
 
 log = logging.getLogger("stratus.api")
@@ -23,11 +24,22 @@ def success(request_id: str, fields: dict[str, Any] | None = None) -> Response:
     return _json({"Response": {**(fields or {}), "RequestId": request_id}})
 
 
+def as_cvm_error(exc: BaseException, request_id: str) -> errors.CvmError:
+    """The error a client sees: CvmErrors as they are, a lost catalog as ServiceUnavailable (retriable),
+    anything else as InternalError (logged with the RequestId)."""
+    if isinstance(exc, errors.CvmError):
+        return exc
+    if catalog_unavailable(exc):
+        # A PostgreSQL restart or a network cut: the client may retry; the pool reconnects on its own.
+        log.warning("catalog unavailable, RequestId %s: %s", request_id, str(exc).splitlines()[0])
+        return errors.ServiceUnavailable()
+    log.exception("unexpected error, RequestId %s", request_id, exc_info=exc)
+    return errors.InternalError()
+
+
 def error_body(exc: BaseException, request_id: str) -> dict[str, Any]:
-    if not isinstance(exc, errors.CvmError):
-        log.exception("unexpected error, RequestId %s", request_id, exc_info=exc)
-        exc = errors.InternalError()
-    return {"Response": {"Error": {"Code": exc.code, "Message": exc.message}, "RequestId": request_id}}
+    err = as_cvm_error(exc, request_id)
+    return {"Response": {"Error": {"Code": err.code, "Message": err.message}, "RequestId": request_id}}
 
 
 def failure(exc: BaseException, request_id: str, status: int = 200) -> Response:

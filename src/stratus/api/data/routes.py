@@ -41,11 +41,13 @@ _STATUS = {
     "InvalidParameterValue.TooLarge": 413,
     "RequestSizeLimitExceeded": 413,
     "RequestTimeout": 408,
+    "ServiceUnavailable": 503,
 }
 
 
 def _error(exc: BaseException, request_id: str) -> Response:
-    code = getattr(exc, "code", "InternalError")
+    exc = envelope.as_cvm_error(exc, request_id)
+    code = exc.code
     status = 401 if code.startswith("AuthFailure") else _STATUS.get(code, 400 if code != "InternalError" else 500)
     if isinstance(exc, uploads.UploadConflict):
         # The offset to resume from, beside the error: a client needs no second request to find it.
