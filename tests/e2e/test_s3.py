@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import blake3
 import pytest
 
 from stratus.disk import hostile, qemu_img
-from tests.conftest import STRATUS, Account, Server, make_server, wait_for
+from tests.conftest import STRATUS, Account, Server, make_server, new_db_url, wait_for
 from tests.e2e.helpers import describe, file_server, import_request, wait_image, wait_task
 from tests.e2e.test_authz_matrix import make_accounts
 from tests.e2e.test_sync import chunk_sizes, random_disk, start_sync, task_result
@@ -300,30 +301,108 @@ def test_store_away_mid_copy_then_back(s3server: Server, swift: SwiftS3, buckets
     image = wait_image(s3server, alice, c["ImageId"], region=SH, timeout=300)
     assert image["ImageState"] == "NORMAL", image["ImageStateReason"]
     assert set(chunk_sizes(disk, MiB)) <= set(objects(swift, buckets[1]))
+    _intact(swift, buckets[1], chunk_sizes(disk, MiB))
 
 
-def test_store_away_for_good_fails_the_import_with_a_reason(tmp_path_factory: pytest.TempPathFactory,
-                                                            db_url: str, swift: SwiftS3,
-                                                            buckets: tuple[str, str],
-                                                            web: tuple[Path, str]) -> None:
-    srv = make_server(tmp_path_factory.mktemp("s3-short"), db_url,
-                      config_extra="store_retry_seconds = 2\n" + s3_regions(swift, *buckets),
+@pytest.fixture(scope="module")
+def short_buckets(swift: SwiftS3) -> tuple[str, str]:
+    tag = uuid.uuid4().hex[:6]  # their own, so that fsck has only these tests' chunks to re-hash
+    return swift.create_bucket(f"gz-short-{tag}"), swift.create_bucket(f"sh-short-{tag}")
+
+
+@pytest.fixture(scope="module")
+def short_server(tmp_path_factory: pytest.TempPathFactory, db_url: str, swift: SwiftS3,
+                 short_buckets: tuple[str, str]) -> Iterator[Server]:
+    """A server whose retry budget (2 s) a test can outlast: its tasks fail instead of waiting. Its own
+    catalog: on the module's, the other server's workers (and their 90 s budget) would take its tasks."""
+    assert db_url  # runs on both databases
+    tmp = tmp_path_factory.mktemp("s3-short")
+    srv = make_server(tmp, new_db_url(tmp),
+                      config_extra="store_retry_seconds = 2\nsync_bytes_per_second = 8388608\n"
+                      + s3_regions(swift, *short_buckets),
                       env_extra={"STRATUS_IMPORT_URL_ALLOW": "127.0.0.2/32", **swift.env()})
     srv.start()
     try:
-        acct = make_accounts(srv, ("gone",))["gone"]
-        disk = random_disk(web[0] / "fault-gone.raw", 24 * MiB, seed=703)
-        swift.stop_proxy()
-        try:
-            image_id = import_url(srv, acct, "s3-gone", f"{web[1]}/{disk.name}")
-            image = wait_image(srv, acct, image_id, timeout=120)
-        finally:
-            swift.start_proxy()
-        assert image["ImageState"] == "IMPORTFAILED"
-        assert f"bucket '{buckets[0]}' failed" in image["ImageStateReason"], image["ImageStateReason"]
-        assert swift.endpoint_url in image["ImageStateReason"]
+        yield srv
     finally:
         srv.stop()
+
+
+@contextmanager
+def _store_away_when(swift: SwiftS3, ready: Any) -> Iterator[None]:
+    """Stop the S3 endpoint as soon as ``ready()`` is true; start it again (same port) on leaving."""
+    wait_for(ready, timeout=120, interval=0.05, what="work in flight")
+    swift.stop_proxy()
+    try:
+        yield
+    finally:
+        swift.start_proxy()
+
+
+def _intact(swift: SwiftS3, bucket: str, digests: Any) -> None:
+    """Each chunk is in the bucket and its bytes hash to its name (read with boto3 directly, the oracle)."""
+    client = swift.client()
+    for d in digests:
+        body = client.get_object(Bucket=bucket, Key=f"chunks/{d[:2]}/{d}")["Body"].read()
+        assert blake3.blake3(body).hexdigest() == d
+
+
+def _fsck_clean(srv: Server) -> None:
+    """Every chunk every image names is in its bucket and intact (fsck re-hashes each object)."""
+    res = admin(srv, "fsck", "--json", check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    for region in json.loads(res.stdout):
+        assert region["Missing"] == {} and region["Damaged"] == {}, region
+
+
+def _names_the_store(reason: str, swift: SwiftS3, bucket: str | tuple[str, ...]) -> None:
+    assert swift.endpoint_url in reason, reason
+    assert any(f"bucket '{b}'" in reason for b in ((bucket,) if isinstance(bucket, str) else bucket)), reason
+    assert "failed" in reason and "times in 2 s" in reason, reason
+
+
+def test_store_away_for_good_mid_import_fails_it_with_a_reason(short_server: Server, swift: SwiftS3,
+                                                               short_buckets: tuple[str, str],
+                                                               web: tuple[Path, str]) -> None:
+    acct = make_accounts(short_server, ("gone",))["gone"]
+    disk = random_disk(web[0] / "fault-gone.raw", 48 * MiB, seed=703)
+    before = set(objects(swift, short_buckets[0]))
+    image_id = import_url(short_server, acct, "s3-gone", f"{web[1]}/{disk.name}")
+
+    def ingesting() -> bool:
+        return len(set(objects(swift, short_buckets[0])) - before) >= 2
+
+    with _store_away_when(swift, ingesting):
+        assert describe(short_server, acct, image_id)["ImageState"] == "IMPORTING"
+        image = wait_image(short_server, acct, image_id, timeout=120)  # the store stays away past the budget
+    assert image["ImageState"] == "IMPORTFAILED"
+    assert image["ImageStateReason"].startswith("system disk: "), image["ImageStateReason"]
+    _names_the_store(image["ImageStateReason"], swift, short_buckets[0])
+    assert not set(chunk_sizes(disk, MiB)) <= set(objects(swift, short_buckets[0]))  # it did stop half-way
+    _fsck_clean(short_server)  # no image names a chunk the bucket lacks
+
+
+def test_store_away_for_good_mid_copy_fails_it_with_a_reason(short_server: Server, swift: SwiftS3,
+                                                             short_buckets: tuple[str, str],
+                                                             web: tuple[Path, str]) -> None:
+    acct = make_accounts(short_server, ("gone-copy",))["gone-copy"]
+    disk = random_disk(web[0] / "fault-gone-copy.raw", 32 * MiB, seed=704)
+    image_id = import_url(short_server, acct, "s3-gone-copy", f"{web[1]}/{disk.name}")
+    assert wait_image(short_server, acct, image_id)["ImageState"] == "NORMAL"
+    [c] = start_sync(short_server, acct, image_id, [SH])
+
+    def copying() -> bool:
+        image = describe(short_server, acct, c["ImageId"], SH)
+        return image is not None and image["ImageState"] == "SYNCING" and image["SyncPercent"] >= 10
+
+    with _store_away_when(swift, copying):
+        copy = wait_image(short_server, acct, c["ImageId"], region=SH, timeout=120)
+    # The contract has no failed state for SYNCING: a copy that can't finish is CREATEFAILED (sync.py).
+    assert copy["ImageState"] == "CREATEFAILED"
+    assert copy["ImageStateReason"].startswith(f"sync of {image_id} from {GZ} failed: "), copy["ImageStateReason"]
+    _names_the_store(copy["ImageStateReason"], swift, short_buckets)  # reading the source or writing the copy
+    assert describe(short_server, acct, image_id)["ImageState"] == "NORMAL"  # the source is untouched
+    _fsck_clean(short_server)
 
 
 # --------------------------------------------------------------------------- start-up

@@ -167,7 +167,8 @@ class S3Store:
             if time.monotonic() + delay > deadline:
                 raise StoreUnavailable(
                     f"the S3 store {self.endpoint_url or 'AWS'} bucket {self.bucket!r} failed {attempt} times "
-                    f"in {self.retry_seconds:g} s ({op}): {last}"
+                    f"in {self.retry_seconds:g} s ({op}): {last}. Check that the store is running and reachable "
+                    "from this host (limits.store_retry_seconds sets how long to wait), then try again"
                 ) from last
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
