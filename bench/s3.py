@@ -10,8 +10,8 @@ and measures, in this process (the storage layer the import, export and sync tas
 
 1. the limit: boto3 ``upload_file`` / ``download_file`` of the qcow2 as one multipart object, default
    TransferConfig;
-2. import (``ingest_disk`` into an empty bucket prefix), export (``materialize_raw`` to a local raw file)
-   and a region copy (``copy_chunks`` into a second bucket), each with its S3 requests counted;
+2. import (``ingest_disk`` into an empty bucket prefix; again at 4 MiB chunks), export (``materialize_raw``
+   to a local raw file) and a region copy (``copy_chunks`` into a second bucket), each with its S3 requests counted;
 3. objects and requests per GiB stored;
 4. how the store finds which of a 10 GiB image's 10,240 chunks it lacks: LIST by prefix (what ``present``
    does) against one HEAD per chunk (timed on 256 HEADs, scaled);
@@ -101,6 +101,11 @@ def main(argv: list[str] | None = None) -> int:
                        stored_bytes=res.new_bytes, method=res.method)
         log(f"  {t:.1f} s, {res.new_chunks} chunks, {src.requests} requests")
 
+        log("import at 4 MiB chunks (a region's chunk_size) into an empty prefix")
+        big = store(a, "chunks4/")
+        t, res4 = timed(lambda: ingest_disk(qcow2, "qcow2", big, 4 * MiB))
+        results.update(import4_s=t, import4_requests=big.requests, import4_chunks=res4.new_chunks)
+
         log("re-import of the same disk (every chunk present)")
         before = src.requests
         t, res2 = timed(lambda: ingest_disk(qcow2, "qcow2", src))
@@ -176,6 +181,8 @@ def render(r: dict[str, Any]) -> str:
         ("limit: boto3 download_file", down, rate(down), "1.00×", ""),
         ("import (ingest into the bucket)", r["import_s"], rate(r["import_s"]), f"{r['import_s'] / up:.2f}× upload",
          f"{r['import_requests']} requests"),
+        ("import at 4 MiB chunks (region `chunk_size`)", r["import4_s"], rate(r["import4_s"]),
+         f"{r['import4_s'] / up:.2f}× upload", f"{r['import4_requests']} requests"),
         ("re-import (all chunks present)", r["reimport_s"], rate(r["reimport_s"]),
          f"{r['reimport_s'] / up:.2f}× upload",
          f"{r['reimport_requests']} requests, {r['reimport_new']} new chunks"),

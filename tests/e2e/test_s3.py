@@ -12,7 +12,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -283,17 +283,24 @@ def test_store_away_mid_import_then_back(s3server: Server, swift: SwiftS3, bucke
     assert out.read_bytes() == disk.read_bytes()
 
 
+def _start_copy(srv: Server, acct: Account, web: tuple[Path, str],
+                disk: Path) -> tuple[str, dict[str, Any], Callable[[], bool]]:
+    """Import ``disk`` and start its copy to SH: (source id, the copy, "is the copy 10 % along?")."""
+    image_id = import_url(srv, acct, f"s3-{disk.stem}", f"{web[1]}/{disk.name}")
+    assert wait_image(srv, acct, image_id)["ImageState"] == "NORMAL"
+    [c] = start_sync(srv, acct, image_id, [SH])
+
+    def copying() -> bool:
+        image = describe(srv, acct, c["ImageId"], SH)
+        return image is not None and image["ImageState"] == "SYNCING" and image["SyncPercent"] >= 10
+
+    return image_id, c, copying
+
+
 def test_store_away_mid_copy_then_back(s3server: Server, swift: SwiftS3, buckets: tuple[str, str],
                                        alice: Account, web: tuple[Path, str]) -> None:
     disk = random_disk(web[0] / "fault-copy.raw", 32 * MiB, seed=702)
-    image_id = import_url(s3server, alice, "s3-fault-copy", f"{web[1]}/{disk.name}")
-    assert wait_image(s3server, alice, image_id)["ImageState"] == "NORMAL"
-    [c] = start_sync(s3server, alice, image_id, [SH])
-
-    def copying() -> bool:
-        image = describe(s3server, alice, c["ImageId"], SH)
-        return image is not None and image["ImageState"] == "SYNCING" and image["SyncPercent"] >= 10
-
+    image_id, c, copying = _start_copy(s3server, alice, web, disk)
     bounce = _bounce_proxy_when(swift, copying, 3.0,
                                 lambda: describe(s3server, alice, c["ImageId"], SH)["ImageState"])
     bounce.join()
@@ -387,14 +394,7 @@ def test_store_away_for_good_mid_copy_fails_it_with_a_reason(short_server: Serve
                                                              web: tuple[Path, str]) -> None:
     acct = make_accounts(short_server, ("gone-copy",))["gone-copy"]
     disk = random_disk(web[0] / "fault-gone-copy.raw", 32 * MiB, seed=704)
-    image_id = import_url(short_server, acct, "s3-gone-copy", f"{web[1]}/{disk.name}")
-    assert wait_image(short_server, acct, image_id)["ImageState"] == "NORMAL"
-    [c] = start_sync(short_server, acct, image_id, [SH])
-
-    def copying() -> bool:
-        image = describe(short_server, acct, c["ImageId"], SH)
-        return image is not None and image["ImageState"] == "SYNCING" and image["SyncPercent"] >= 10
-
+    image_id, c, copying = _start_copy(short_server, acct, web, disk)
     with _store_away_when(swift, copying):
         copy = wait_image(short_server, acct, c["ImageId"], region=SH, timeout=120)
     # The contract has no failed state for SYNCING: a copy that can't finish is CREATEFAILED (sync.py).
