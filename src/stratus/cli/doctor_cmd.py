@@ -24,7 +24,7 @@ import typer
 from rich.markup import escape
 
 from stratus.cli.common import ConfigOpt, DataDirOpt, JsonOpt, out, print_json
-from stratus.config import Settings
+from stratus.config import Region, Settings
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -153,24 +153,35 @@ def sample_chunks(store_path: Path, n: int, rnd: random.Random) -> list[str]:
     return found
 
 
-def check_chunks(region: str, store_path: Path) -> Check:
-    from stratus.storage.dirstore import ChunkMissing, DirStore
+def check_chunks(region: Region, cfg: Settings) -> Check:
+    """Read back a random sample of the region's chunks (a directory store) or its first ones (S3)."""
+    from itertools import islice
 
-    name = f"region {region} chunks"
-    digests = sample_chunks(store_path, SAMPLE_CHUNKS, random.Random())
+    from stratus.service.context import open_store
+    from stratus.storage.chunkstore import ChunkMissing, StoreUnavailable
+
+    name = f"region {region.name} chunks"
+    store = open_store(region, cfg)
+    try:
+        if region.store.type == "s3":
+            store.check()
+            digests = [info.digest for info in islice(store.iter_chunks(), SAMPLE_CHUNKS)]
+        else:
+            digests = sample_chunks(region.store_path, SAMPLE_CHUNKS, random.Random())
+    except StoreUnavailable as exc:
+        return Check(name, "fail", str(exc), "start the object store or fix the region's `store` table")
     if not digests:
         return Check(name, "ok", "the store holds no chunks yet")
-    store = DirStore(store_path)
     bad = []
     for digest in digests:
         try:
             if not store.verify(digest):
                 bad.append(digest)
-        except (ChunkMissing, OSError):
+        except (ChunkMissing, StoreUnavailable, OSError):
             bad.append(digest)
     if bad:
         return Check(name, "fail", f"{len(bad)} of {len(digests)} sampled chunks don't match their names "
-                     f"(first: {bad[0]})", f"run `stratus fsck --region {region}` to find the images they break")
+                     f"(first: {bad[0]})", f"run `stratus fsck --region {region.name}` to find the images they break")
     return Check(name, "ok", f"{len(digests)} sampled chunks verify")
 
 
@@ -215,13 +226,16 @@ def run_checks(data_dir: str | None, config: str | None) -> list[Check]:
         dirs += [(f"region {region.name} store", region.store_path, f"regions.{region.name}.store"),
                  (f"region {region.name} host", region.host_path, f"regions.{region.name}.host")]
     filesystems: dict[int, list[str]] = {}  # free space once per filesystem, naming what lives on it
+    usable: set[Path] = set()
     for name, path, what in dirs:
         found = check_dir(name, path, what)
         checks += found
         if found[0].status == "ok":
+            usable.add(path)
             filesystems.setdefault(path.stat().st_dev, []).append(str(path))
-            if name.endswith(" store"):
-                checks.append(check_chunks(name.split()[1], path))
+    for region in cfg.regions:  # an S3 store's local directory is scratch space only: its chunks are in the bucket
+        if region.store.type == "s3" or region.store_path in usable:
+            checks.append(check_chunks(region, cfg))
     for paths in filesystems.values():
         checks.append(check_free("free space", Path(paths[0])))
         if len(paths) > 1:

@@ -14,6 +14,20 @@ from stratus.storage.chunkstore import ChunkStore
 from stratus.storage.dirstore import DirStore
 
 
+def open_store(region: Region, settings: Settings, quiet: Callable[[float], bool] | None = None) -> ChunkStore:
+    """A region's chunk store as its configuration says (``store = {type = "dir" | "s3"}``); `quiet` tells an
+    S3 store's garbage collection whether the region saw no ingest since a time."""
+    spec = region.store
+    if spec.type != "s3":
+        return DirStore(region.store_path)
+    from stratus.storage.s3store import S3Store  # boto3 loads only where a region uses S3
+
+    assert spec.bucket
+    return S3Store(bucket=spec.bucket, endpoint_url=spec.endpoint_url, prefix=spec.prefix,
+                   scratch_dir=region.store_path / "tmp", retry_seconds=settings.limits.store_retry_seconds,
+                   quiet=quiet)
+
+
 @dataclass(frozen=True)
 class Caller:
     """An authenticated account."""
@@ -54,15 +68,7 @@ class Services:
             return store
 
     def _open_store(self, region: Region) -> ChunkStore:
-        spec = region.store
-        if spec.type != "s3":
-            return DirStore(region.store_path)
-        from stratus.storage.s3store import S3Store  # boto3 loads only where a region uses S3
-
-        assert spec.bucket
-        return S3Store(bucket=spec.bucket, endpoint_url=spec.endpoint_url, prefix=spec.prefix,
-                       scratch_dir=region.store_path / "tmp", retry_seconds=self.settings.limits.store_retry_seconds,
-                       quiet=lambda since: self.region_quiet(region.name, since))
+        return open_store(region, self.settings, quiet=lambda since: self.region_quiet(region.name, since))
 
     def export_objects(self, region: str, bucket: str):  # type: ignore[no-untyped-def]
         """The S3Objects of an export bucket kept in S3, None for a directory bucket."""
