@@ -12,10 +12,15 @@ image or a viewer of a public one.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
-from stratus.catalog.models import Image
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from stratus.catalog.models import Image, ImageDisk, Instance, InstanceDisk
 from stratus.service.context import Caller
+from stratus.service.manifests import read_manifests
 
 # Keys of task results that measure the store rather than the image: how much was new, or already there.
 STORE_FIGURES = frozenset({"new_bytes", "BytesCopied", "ChunksCopied", "BytesPresent", "ChunksPresent"})
@@ -37,3 +42,27 @@ def task_result(result: Any, caller: Caller) -> Any:
 def sees_lineage(image: Image, caller: Caller) -> bool:
     """Whether ``caller`` may see where ``image`` came from (source image, instance, region, URL, manifest)."""
     return image.owner_id == caller.account_id
+
+
+def readable_chunks(s: Session, account_id: str, region: str, digests: Iterable[str]) -> set[str]:
+    """Which of ``digests`` ``account_id`` could already read in ``region``: chunks of its own images, of the
+    public images there, and of the bases under its instances. Only these may be *known* to be in the
+    store; any other chunk is sent in full (and verified) even when the store holds it, so the time and
+    progress of a copy say nothing about other accounts' data."""
+    wanted = set(digests)
+    if not wanted:
+        return set()
+    images = select(ImageDisk.manifest_digest).join(Image, Image.id == ImageDisk.image_id).where(
+        Image.region == region, or_(Image.owner_id == account_id, Image.is_public),
+        ImageDisk.manifest_digest.is_not(None))
+    bases = select(InstanceDisk.base_manifest).join(Instance, Instance.id == InstanceDisk.instance_id).where(
+        Instance.region == region, Instance.owner_id == account_id, InstanceDisk.base_manifest.is_not(None))
+    manifests = set(s.scalars(images.union(bases)))
+    readable: set[str] = set()
+    for digest in manifests:  # one at a time: an account's manifests in a region, never the whole catalog
+        try:
+            manifest = read_manifests(s, region, [digest])[digest]
+        except LookupError:  # an image row whose manifest gc has not kept: nothing readable through it
+            continue
+        readable.update(d for d in manifest.chunks if d is not None and d in wanted)
+    return readable

@@ -40,6 +40,7 @@ from stratus.domain import errors, ids
 from stratus.domain.manifest import DiskManifest
 from stratus.domain.states import BUSY_STATES, ImageSource, ImageState, ImageType
 from stratus.service.context import Caller, Services
+from stratus.service.disclosure import readable_chunks
 from stratus.service.images import (
     DryRunPassed,
     check_image_id,
@@ -326,11 +327,14 @@ class SyncHandler:
 
         src = svc.store(p["source_region"])
         dst = svc.store(ctx.region)
+        with svc.db.read() as s:  # no cross-account oracle: only these may be skipped as already there
+            known = readable_chunks(s, ctx.account_id or "", ctx.region, order[start:])
         try:
             result = copy_chunks(
                 order[start:], src, dst, progress=on_progress, should_stop=ctx.should_stop,
                 max_bytes_per_second=svc.settings.limits.sync_bytes_per_second,
                 report_every_bytes=max(1, total // 20),  # SyncPercent in 5 % steps (or every second)
+                known=known,
             )
         except (TaskLost, CopyInterrupted):
             raise  # another worker has the task, or this one is shutting down: it resumes from the checkpoint
