@@ -198,6 +198,11 @@ def _run(
     subcommand = args[0]
     proc = subprocess.Popen(
         [*_limited(limits), QEMU_IMG, *args],
+        # glibc reserves 64 MiB of address space per malloc arena, up to 8 per core, one per busy thread:
+        # on a loaded machine qemu's I/O threads multiply arenas until RLIMIT_AS refuses a thread stack
+        # ("qemu_thread_create: Resource temporarily unavailable") on an image that fits. Two arenas keep the
+        # limit about the memory qemu-img really uses.
+        env={**os.environ, "MALLOC_ARENA_MAX": "2"},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
