@@ -9,9 +9,17 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from stratus.catalog import migrate
-from stratus.catalog.db import open_database
+from stratus.catalog.db import Database, open_database
 from stratus.catalog.models import Base
 from tests.conftest import new_db_url
+
+
+def downgrade(db: Database, revision: str) -> None:
+    with db.write_engine.connect() as conn:
+        cfg = migrate._config()
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, revision)
+        conn.commit()
 
 
 def test_migrations_match_the_models(db_url: str) -> None:
@@ -57,11 +65,7 @@ def test_0007_converts_json_manifests_to_binary_and_back(tmp_path: Path) -> None
             body = bytes(rows[m.digest()])
             assert body.startswith(b"SMF2") and len(body) < len(m.to_json())
             assert parse_manifest(m.digest(), body) == m
-        with db.write_engine.connect() as conn:
-            cfg = migrate._config()
-            cfg.attributes["connection"] = conn
-            command.downgrade(cfg, "0006")
-            conn.commit()
+        downgrade(db, "0006")
         with db.write_engine.connect() as conn:
             rows = dict(conn.execute(sa.select(table.c.digest, table.c.body)).all())
         assert {d: bytes(b) for d, b in rows.items()} == {m.digest(): m.to_json() for m in manifests}
@@ -88,11 +92,7 @@ def test_0008_keeps_bases_as_the_host_local_and_back(tmp_path: Path, db_url: str
         with db.write_engine.connect() as conn:
             got = conn.execute(sa.text("SELECT host, region, manifest_digest, path FROM bases")).all()
         assert [tuple(r) for r in got] == [("local", "r1", "ab" * 32, "/var/host/bases/ab.raw")]
-        with db.write_engine.connect() as conn:
-            cfg = migrate._config()
-            cfg.attributes["connection"] = conn
-            command.downgrade(cfg, "0007")
-            conn.commit()
+        downgrade(db, "0007")
         with db.write_engine.connect() as conn:
             got = [dict(r._mapping) for r in conn.execute(sa.select(bases))]
             columns = {c["name"] for c in sa.inspect(conn).get_columns("instances")}
