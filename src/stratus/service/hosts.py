@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 
 from stratus.catalog.models import Host, Instance
 from stratus.domain import errors
-from stratus.service.context import Services
+from stratus.service.context import Caller, Services
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +160,15 @@ def list_hosts(svc: Services, s: Session | None = None) -> list[HostInfo]:
                  h.heartbeat_at >= cutoff, h.heartbeat_at, h.started_at, h.process)
         for h in s.scalars(select(Host).order_by(Host.name)).all()
     ]
+
+
+def describe_compute_hosts(svc: Services, caller: Caller) -> list[HostInfo]:
+    """DescribeComputeHosts (extension): operators only (UnauthorizedOperation.PermissionDenied): where
+    instances run is the operator's business, not an account's."""
+    if not caller.is_operator:
+        raise errors.PermissionDenied(detail="Only an operator account can list compute hosts "
+                                      "(`stratus account create --operator`, or `stratus host list`).")
+    return list_hosts(svc)
 
 
 def down_hosts(svc: Services, s: Session) -> set[str]:

@@ -139,10 +139,7 @@ def describe_compute_hosts(call: Call) -> dict[str, Any]:
     """Extension, operators only: every compute host, UP or DOWN by its heartbeat."""
     from stratus.service import hosts
 
-    if not call.caller.is_operator:
-        raise errors.UnauthorizedOperation(detail="Only an operator account can list compute hosts "
-                                           "(`stratus account create --operator`, or `stratus host list`).")
-    found = hosts.list_hosts(call.svc)
+    found = hosts.describe_compute_hosts(call.svc, call.caller)
     return {"TotalCount": len(found), "HostSet": [shapes.compute_host(h) for h in found]}
 
 
