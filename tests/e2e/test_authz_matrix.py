@@ -61,6 +61,7 @@ MATRIX: dict[str, dict[str, dict[str, str]]] = {
     "DescribeZones": {"none": {"account": OK, "operator": OK}},
     "DescribeImportImageOs": {"none": {"account": OK, "operator": OK}},
     "DescribeImageQuota": {"none": {"account": OK, "operator": OK}},
+    "DescribeComputeHosts": {"none": {"account": DENIED, "operator": OK}},
     "ImportImage": {"none": {"account": OK, "operator": OK}},
     "DescribeImages": {
         "private": {"owner": "seen:PRIVATE_IMAGE", "grantee": "seen:SHARED_IMAGE", "other": HIDDEN,
@@ -246,7 +247,7 @@ def request(world: World, action: str, resource: str, caller_name: str, *, image
     acct = world.accounts
     match action:
         case "DescribeRegions" | "DescribeZones" | "DescribeImportImageOs" | "DescribeImageQuota" | \
-                "DescribeInstanceTypeConfigs":
+                "DescribeInstanceTypeConfigs" | "DescribeComputeHosts":
             return {}, GZ
         case "ImportImage":
             return {"ImageName": "matrix-dry", "ImageUrl": "http://127.0.0.2/x.raw", "OsType": "CentOS",

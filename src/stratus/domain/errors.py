@@ -217,6 +217,11 @@ InstanceQuotaExceeded = _error(
     "LimitExceeded.InstanceQuota",
     "Launching {wanted} more instances would exceed the quota of {quota} in {region}; terminate some first.",
 )
+ResourceInsufficientSpecifiedInstanceType = _error(
+    "ResourceInsufficient.SpecifiedInstanceType",
+    "Can't place {count} instance(s) of {instance_type}: {detail}; start a worker with `--host`, raise "
+    "`--capacity-instances`, or launch fewer.",
+)
 InstanceOperationInProgress = _error(
     "OperationDenied.InstanceOperationInProgress",
     "The instance {instance_id} is busy with {operation}; try again when it finishes.",

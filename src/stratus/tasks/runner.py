@@ -163,9 +163,12 @@ def enqueue(
     account_id: str | None = None,
     region: str | None = None,
     image_id: str | None = None,
+    host: str | None = None,
 ) -> Task:
-    """Add a task inside the caller's transaction, so it exists iff the caller's change commits."""
-    task = Task(kind=kind, payload=json.dumps(payload), account_id=account_id, region=region, image_id=image_id)
+    """Add a task inside the caller's transaction, so it exists iff the caller's change commits. A task
+    bound to a `host` is claimed only by that compute host's workers (an instance's tasks)."""
+    task = Task(kind=kind, payload=json.dumps(payload), account_id=account_id, region=region, image_id=image_id,
+                host=host)
     session.add(task)
     session.flush()
     return task
@@ -182,6 +185,7 @@ class TaskRunner:
         poll_seconds: float = 0.5,
         owner: str | None = None,
         scratch_root: Path | None = None,
+        host: str | None = None,
     ) -> None:
         self.db = db
         self.handlers = handlers
@@ -191,6 +195,9 @@ class TaskRunner:
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         # Where handlers keep per-attempt scratch (TaskContext.scratch); removed when a task ends.
         self.scratch_root = scratch_root
+        # The compute host these workers are: they claim tasks bound to it and unbound ones, never another
+        # host's (None: unbound tasks only).
+        self.host = host
         self.stopping = threading.Event()
         self._wake = threading.Condition()
         self._threads: list[threading.Thread] = []
@@ -229,6 +236,7 @@ class TaskRunner:
             q = (
                 select(Task)
                 .where(Task.kind.in_(kinds))
+                .where(Task.host.is_(None) if self.host is None else or_(Task.host.is_(None), Task.host == self.host))
                 .where(
                     or_(
                         Task.state == "QUEUED",

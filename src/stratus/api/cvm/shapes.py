@@ -149,5 +149,15 @@ def instance(svc: Services, inst: Instance, os_name: str) -> dict[str, Any]:
         # Extensions: why an instance failed or stopped on its own, and how it runs.
         "InstanceStateReason": redact_paths(inst.state_reason),
         "ComputeDriver": inst.driver,
+        "ComputeHost": inst.compute_host,  # the contract's HostName is the guest's hostname, just above
         "HostName": inst.host_name,
+    }
+
+
+def compute_host(h: Any) -> dict[str, Any]:
+    """A compute host (extension DescribeComputeHosts): `HostState` UP while its heartbeat is fresh."""
+    return {
+        "HostName": h.name, "HostState": h.state, "Regions": h.regions, "ComputeDriver": h.compute or None,
+        "CapacityInstances": h.capacity_instances, "InstanceCount": h.instances,
+        "LastHeartbeatTime": iso_time(h.heartbeat_at), "StartedTime": iso_time(h.started_at),
     }
