@@ -58,7 +58,7 @@ def test_0007_converts_json_manifests_to_binary_and_back(tmp_path: Path) -> None
             assert body.startswith(b"SMF2") and len(body) < len(m.to_json())
             assert parse_manifest(m.digest(), body) == m
         with db.write_engine.connect() as conn:
-            cfg = migrate._config()
+            cfg = migrate.alembic_config()
             cfg.attributes["connection"] = conn
             command.downgrade(cfg, "0006")
             conn.commit()

@@ -29,11 +29,12 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from stratus.disk import hostile, qemu_img
+from stratus.disk import qemu_img
 from stratus.disk.inspect import ImageRejected, inspect_file
 from stratus.storage.dirstore import DirStore
 from stratus.storage.export import iter_raw
 from stratus.storage.ingest import IngestError, ingest_disk
+from tests import hostile
 from tests.conftest import Server
 from tests.e2e.helpers import file_server, import_request, wait_image
 

@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 from oslo_utils.imageutils import format_inspector as fi
 
-from stratus.disk import hostile, inspect, qemu_img
+from stratus.disk import inspect, qemu_img
 from stratus.disk.inspect import ImageRejected, Inspection, inspect_file
+from tests import hostile
 
 MiB = hostile.MiB
 SIZE = 4 * MiB

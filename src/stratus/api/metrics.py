@@ -30,13 +30,12 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, g
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stratus import logs
-from stratus.catalog.models import Task
+from stratus.service import maintenance
 from stratus.service.context import Services
 from stratus.storage.dirstore import DirStore
 
@@ -133,9 +132,7 @@ class TaskCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily("stratus_tasks", "Tasks in the catalog by kind and state",
                                    labels=["kind", "state"])
-        with self.svc.db.read() as s:
-            rows = s.execute(select(Task.kind, Task.state, func.count()).group_by(Task.kind, Task.state)).all()
-        for kind, state, count in rows:
+        for kind, state, count in maintenance.task_counts(self.svc):
             family.add_metric([kind, state], count)
         yield family
 

@@ -68,7 +68,7 @@ def check_catalog(cfg: Settings) -> Check:
     from alembic.script import ScriptDirectory
 
     from stratus.catalog.db import open_database
-    from stratus.catalog.migrate import _config
+    from stratus.catalog.migrate import alembic_config
 
     url = cfg.database_url
     shown = url.split("@")[-1]
@@ -77,7 +77,7 @@ def check_catalog(cfg: Settings) -> Check:
         if not path.exists():
             return Check("catalog", "fail", f"no catalog at {path}",
                          "run `stratus serve` once (it creates and migrates the catalog), or fix database_url")
-    head = ScriptDirectory.from_config(_config()).get_current_head()
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     try:
         db = open_database(url)
     except Exception as exc:

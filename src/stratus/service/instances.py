@@ -330,6 +330,14 @@ def describe_instances(svc: Services, caller: Caller, region: str, *, instance_i
         return InstancePage(total, list(s.scalars(q).all()))
 
 
+def os_names(svc: Services, image_ids: set[str]) -> dict[str, str]:
+    """OsName of each image still in the catalog (an instance outlives its image)."""
+    if not image_ids:
+        return {}
+    with svc.db.read() as s:
+        return {iid: name for iid, name in s.execute(select(Image.id, Image.os_name).where(Image.id.in_(image_ids)))}
+
+
 # --------------------------------------------------------------------------- state changes
 
 

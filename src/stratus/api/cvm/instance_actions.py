@@ -62,7 +62,7 @@ def describe_instances(call: Call) -> dict[str, Any]:
     page = instances.describe_instances(call.svc, call.caller, call.region or "", instance_ids=p.get("InstanceIds"),
                                         filters=p.get("Filters"), offset=p.get("Offset", 0), limit=p.get("Limit", 20))
     image_ids = {i.image_id for i in page.instances}
-    os_names = shapes.os_names(call.svc, image_ids)
+    os_names = instances.os_names(call.svc, image_ids)
     return {"TotalCount": page.total,
             "InstanceSet": [shapes.instance(call.svc, i, os_names.get(i.image_id, "")) for i in page.instances]}
 
