@@ -205,7 +205,7 @@ class StoreCollector(Collector):
         yield from (size, chunks, age, free)
 
 
-def make_metrics_endpoint(svc: Services):  # type: ignore[no-untyped-def]
+def make_metrics_endpoint(svc: Services):
     """The `/metrics` endpoint, readable from the networks in `metrics.allow` only."""
     allow = svc.settings.metrics.allow
     registry = CollectorRegistry(auto_describe=False)

@@ -115,7 +115,7 @@ def upload_file(ep: Endpoint, path: Path, declared_format: str | None = None) ->
         while received < size:
             start = received
 
-            def body_iter(start: int = start):  # type: ignore[no-untyped-def]
+            def body_iter(start: int = start):
                 f.seek(start)
                 while True:
                     block = f.read(BLOCK)

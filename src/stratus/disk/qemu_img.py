@@ -305,7 +305,7 @@ class ExtentMap:
             return list(self) == list(other)
         return NotImplemented
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # unhashable like the list it equals; object declares a method
 
     def close(self) -> None:
         self._spool.close()

@@ -52,7 +52,7 @@ class ImportHandler:
         last = getattr(ctx, "_image_pct", -1.0)
         ctx.report(stage, pct)
         if int(pct) != int(last):
-            ctx._image_pct = pct  # type: ignore[attr-defined]
+            ctx._image_pct = pct  # type: ignore[attr-defined]  # memo on this execution's context, which has no field for it
             with ctx.fenced() as s:
                 s.execute(update(Image).where(Image.id == ctx.image_id).values(progress=pct))
 

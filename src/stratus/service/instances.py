@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, selectinload
 from stratus.catalog.models import Image, Instance, InstanceDisk, InstanceTag, RunRequest
 from stratus.config import InstanceType
 from stratus.domain import errors, ids
-from stratus.domain.states import INSTANCE_BUSY, ImageState, InstanceState
+from stratus.domain.states import INSTANCE_BUSY, ImageState, InstanceState, check_instance
 from stratus.service.context import Caller, Services
 from stratus.service.images import escape_like, find_instance_type, get_visible
 from stratus.service.limits import check_tasks
@@ -379,7 +379,9 @@ def change_instances(svc: Services, caller: Caller, region: str, action: str, in
             check_operable(inst, action)
         previous = {inst.id: inst.state for inst in instances}
         for inst in instances:
-            inst.state = transitional or inst.state
+            if transitional is not None:
+                check_instance(inst.state, transitional)
+                inst.state = transitional
             inst.latest_operation, inst.latest_operation_state = action, "OPERATING"
             inst.latest_operation_request_id, inst.latest_operation_error = request_id, None
         check_tasks(svc, s, caller.account_id)  # limits.tasks_per_account
@@ -437,6 +439,9 @@ def console_output(svc: Services, caller: Caller, region: str, instance_id: str,
 
 def set_states(s: Session, instance_ids: list[str], state: InstanceState, *, op_state: str | None = None,
                error: str | None = None, reason: str | None = None) -> None:
+    """Record the outcome of an operation on instances (each checked against the state machine)."""
+    for old in s.scalars(select(Instance.state).where(Instance.id.in_(instance_ids))):
+        check_instance(old, state)
     values: dict[str, Any] = {"state": state}
     if op_state is not None:
         values["latest_operation_state"] = op_state

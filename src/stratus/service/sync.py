@@ -38,7 +38,7 @@ from sqlalchemy.orm import Session
 from stratus.catalog.models import Image, ImageDisk, ImageTag
 from stratus.domain import errors, ids
 from stratus.domain.manifest import DiskManifest
-from stratus.domain.states import BUSY_STATES, ImageSource, ImageState, ImageType
+from stratus.domain.states import BUSY_STATES, ImageSource, ImageState, ImageType, check_image
 from stratus.service.context import Caller, Services
 from stratus.service.images import (
     DryRunPassed,
@@ -353,6 +353,7 @@ class SyncHandler:
         with ctx.fenced() as s:
             if s.scalar(select(Image.state).where(Image.id == ctx.image_id)) != ImageState.SYNCING:
                 raise TaskCancelled(f"image {ctx.image_id} is no longer SYNCING")
+            check_image(ImageState.SYNCING, ImageState.NORMAL)
             for m in manifests.values():
                 record_manifest(s, ctx.region, m)
             for disk in p["disks"]:

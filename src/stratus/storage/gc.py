@@ -117,7 +117,7 @@ class GcPlan:
 
 def plan_gc(
     store: ChunkStore,
-    referenced: Iterable[str],
+    referenced: Iterable[str | bytes],
     *,
     grace_seconds: float,
     now: float | None = None,
@@ -145,7 +145,7 @@ def plan_gc(
     recent: list[ChunkInfo] = []
     temps: list[TempFile] = []
     present = 0
-    seen: set[str] = set()
+    seen: set[bytes] = set()
     for item in store.scan():
         if isinstance(item, TempFile):
             # trash: any age (the delete that made it died); write/scratch: only when past the grace period
@@ -185,8 +185,8 @@ def _raw_digests(referenced: Iterable[str | bytes]) -> Set[bytes]:
     for d in referenced:
         if isinstance(d, bytes) and len(d) == 32:
             refs.add(d)
-        elif is_digest(d):
-            refs.add(bytes.fromhex(d))  # type: ignore[arg-type]
+        elif isinstance(d, str) and is_digest(d):
+            refs.add(bytes.fromhex(d))
         else:
             raise ValueError(f"referenced set holds a malformed digest ({d!r:.80}); gc stopped")
     return refs

@@ -35,8 +35,9 @@ from typing import Any, Protocol
 from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from stratus.catalog.db import Database
+from stratus.catalog.db import Database, rowcount
 from stratus.catalog.models import Task
+from stratus.domain.states import TaskState, check_task
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class TaskContext:
     def _write_task(self, s: Session, **values: Any) -> None:
         """The compare-and-set every write of this execution goes through; 0 rows means we lost the task."""
         res = s.execute(update(Task).where(self._owned()).values(**values))
-        if res.rowcount != 1:  # type: ignore[attr-defined]
+        if rowcount(res) != 1:
             self._lost = True
             raise TaskLost()
 
@@ -243,7 +244,8 @@ class TaskRunner:
             task = s.scalars(q).first()
             if task is None:
                 return None
-            task.state = "RUNNING"
+            check_task(task.state, TaskState.RUNNING)
+            task.state = TaskState.RUNNING
             task.lease_owner = self.owner
             task.lease_expires_at = now + self.lease_seconds
             task.attempts += 1
@@ -254,6 +256,7 @@ class TaskRunner:
 
     def _finish_in(self, s: Session, ctx: TaskContext, state: str, *, result: dict[str, Any] | None = None,
                    error: str | None = None) -> None:
+        check_task(TaskState.RUNNING, TaskState(state))  # _write_task only matches our RUNNING execution
         ctx._write_task(
             s,
             state=state,
@@ -273,7 +276,8 @@ class TaskRunner:
     def _release(self, ctx: TaskContext) -> None:
         """Give a task back on a graceful shutdown: QUEUED again, and the claim is not a crash."""
         with self.db.write() as s:
-            ctx._write_task(s, state="QUEUED", lease_owner=None, lease_expires_at=None,
+            check_task(TaskState.RUNNING, TaskState.QUEUED)
+            ctx._write_task(s, state=TaskState.QUEUED, lease_owner=None, lease_expires_at=None,
                             released=Task.released + 1)
 
     def _remove_scratch(self, task_id: int) -> None:

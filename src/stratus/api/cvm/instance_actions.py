@@ -75,7 +75,7 @@ def describe_instances_status(call: Call) -> dict[str, Any]:
             "InstanceStatusSet": [{"InstanceId": i.id, "InstanceState": i.state} for i in page.instances]}
 
 
-def _changer(action: str):  # type: ignore[no-untyped-def]
+def _changer(action: str):
     def handler(call: Call) -> dict[str, Any]:
         p = call.params
         stop_type = p.get("StopType", "SOFT")
