@@ -17,6 +17,7 @@ from sqlalchemy import select
 from stratus.catalog import migrate
 from stratus.catalog.db import Database, open_database
 from stratus.catalog.models import Account, Image, Instance, Task
+from stratus.domain import errors
 from stratus.domain.states import (
     IllegalTransition,
     ImageState,
@@ -69,6 +70,16 @@ def test_every_pair_of_states(what: str, states: type, legal: set[tuple[str, str
                 check(old.value, new)
             assert (info.value.what, info.value.old, info.value.new) == (what, old.value, new)
             assert f"{old.value} → {new.value}" in str(info.value)
+
+
+def test_each_instance_state_has_its_refusal_code() -> None:
+    codes = {N.PENDING: "Pending", N.LAUNCH_FAILED: "LaunchFailed", N.RUNNING: "Running", N.STOPPED: "Stopped",
+             N.STARTING: "Starting", N.STOPPING: "Stopping", N.REBOOTING: "Rebooting",
+             N.TERMINATING: "Terminating"}
+    for state in InstanceState:
+        exc = errors.InstanceStateError.of("ins-00000001", state, "StartInstances", "STOPPED")
+        assert exc.code == "UnsupportedOperation.InstanceState" + codes[state]
+        assert exc.message == f"The instance ins-00000001 is {state}; StartInstances needs it STOPPED."
 
 
 def test_failed_and_normal_images_are_final() -> None:

@@ -132,7 +132,3 @@ def check_task(old: str, new: TaskState) -> None:
     if new not in TASK_TRANSITIONS[TaskState(old)]:
         raise IllegalTransition("task", old, new)
 
-
-def instance_state_code(state: str) -> str:
-    """The UnsupportedOperation code for an action refused in `state`: LAUNCH_FAILED → InstanceStateLaunchFailed."""
-    return "UnsupportedOperation.InstanceState" + "".join(p.capitalize() for p in state.split("_"))

@@ -360,7 +360,7 @@ def check_operable(inst: Instance, action: str) -> None:
     if inst.latest_operation_state == "OPERATING" and inst.state not in INSTANCE_BUSY:
         raise errors.InstanceOperationInProgress(instance_id=inst.id, operation=inst.latest_operation)
     if inst.state not in accepted:
-        raise errors.InstanceStateError(inst.id, inst.state, action, needed)
+        raise errors.InstanceStateError.of(inst.id, inst.state, action, needed)
 
 
 def change_instances(svc: Services, caller: Caller, region: str, action: str, instance_ids: list[str], *,
