@@ -25,6 +25,7 @@ from rich.markup import escape
 
 from stratus.cli.common import ConfigOpt, DataDirOpt, JsonOpt, out, print_json
 from stratus.config import Settings
+from stratus.domain.units import human_bytes
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -42,14 +43,6 @@ class Check:
     status: Status
     detail: str
     fix: str = ""
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n} B"
 
 
 def check_config(data_dir: str | None, config: str | None) -> tuple[Check, Settings | None]:
@@ -116,7 +109,7 @@ def check_dir(name: str, path: Path, what: str) -> list[Check]:
 def check_free(name: str, path: Path) -> Check:
     usage = shutil.disk_usage(path)
     free, frac = usage.free, usage.free / usage.total if usage.total else 0.0
-    detail = f"{_human(free)} free of {_human(usage.total)} ({frac:.0%}) at {path}"
+    detail = f"{human_bytes(free)} free of {human_bytes(usage.total)} ({frac:.0%}) at {path}"
     fix = "free space or move this directory to a larger filesystem (imports, exports and copies need room)"
     if free < FAIL_FREE_BYTES or frac < FAIL_FREE_FRACTION:
         return Check(name, "fail", detail, fix)

@@ -52,7 +52,7 @@ from stratus.service.images import (
 from stratus.service.limits import check_tasks
 from stratus.service.manifests import ManifestMissing, read_manifests, record_manifest
 from stratus.storage.copy import CopyInterrupted, CopyProgress, copy_chunks
-from stratus.tasks.runner import TaskCancelled, TaskContext, TaskLost, enqueue
+from stratus.tasks.runner import TaskCancelled, TaskContext, TaskFailed, TaskLost, enqueue
 
 log = logging.getLogger(__name__)
 
@@ -245,14 +245,6 @@ def _new_copy(source: Image, caller: Caller, source_region: str, dest: str, name
 # --------------------------------------------------------------------------- the `sync` task
 
 
-class SyncFailed(Exception):
-    """A copy failed for a reason its owner can act on."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
 class SyncHandler:
     """Runs `sync` tasks: resumable after `kill -9` (see the module docstring)."""
 
@@ -270,7 +262,7 @@ class SyncHandler:
             with self.svc.db.read() as s:
                 found = read_manifests(s, p["source_region"], digests)
         except ManifestMissing:
-            raise SyncFailed(  # noqa: B904 - the reason says it all
+            raise TaskFailed(  # noqa: B904 - the reason says it all
                 f"the source image {p['source_image_id']} was deleted before its copy finished and its disk "
                 "manifests are gone; sync again from an image that still exists"
             )
@@ -337,7 +329,7 @@ class SyncHandler:
         except Exception as exc:
             if ctx.should_stop():
                 raise
-            raise SyncFailed(getattr(exc, "message", None) or str(exc) or type(exc).__name__) from exc
+            raise TaskFailed(getattr(exc, "message", None) or str(exc) or type(exc).__name__) from exc
         final = totals(CopyProgress(len(order) - start, total - base["bytes_done"], result))
         outcome = {
             "SourceImageId": p["source_image_id"],

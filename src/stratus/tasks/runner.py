@@ -52,6 +52,15 @@ class TaskCancelled(Exception):
     """The task was cancelled (for instance its image was deleted)."""
 
 
+class TaskFailed(Exception):
+    """A task (import, capture, copy) failed for a reason its owner can act on: `message` becomes the
+    task's error and the image's state reason."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
 @dataclass
 class TaskContext:
     """Handed to a handler: its task's data, progress reporting, fenced writes and a stop flag."""
