@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from stratus.catalog.db import rowcount
 from stratus.catalog.models import Account, ExportObject, Image, ImageDisk, ImageShare, ImageTag, Task, Upload
-from stratus.domain import errors, ids, os_catalog
+from stratus.domain import errors, ids, os_catalog, tags
 from stratus.domain.states import BUSY_STATES, ImageSource, ImageState, ImageType, check_image
 from stratus.service.context import Caller, Services
 from stratus.service.limits import check_tasks, lock_account
@@ -354,20 +354,8 @@ def validate_family(family: str | None) -> str:
 
 
 def validate_tags(tag_specs: list[dict[str, Any]] | None) -> list[tuple[str, str]]:
-    tags: dict[str, str] = {}
-    for spec in tag_specs or []:
-        if spec.get("ResourceType") != "image":
-            raise errors.InvalidParameterValue(
-                detail=f"TagSpecification.ResourceType must be 'image' here, not {spec.get('ResourceType')!r}."
-            )
-        for tag in spec.get("Tags") or []:
-            key, value = tag.get("Key"), tag.get("Value", "")
-            if not key or len(key) > 127 or len(value or "") > 255:
-                raise errors.IllegalTagKey(key=key)
-            tags[key] = value or ""
-    if len(tags) > 50:
-        raise errors.InvalidParameterValueLimitExceeded(detail="At most 50 tags per image.")
-    return sorted(tags.items())
+    """The tags of a new image: TagSpecification entries must be for ResourceType 'image'."""
+    return tags.from_specs(tag_specs, ("image",), noun="image", refuse_others=True)
 
 
 def _commit_or_duplicate(s: Session, name: str, region: str) -> None:

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from stratus.catalog.models import Image, Instance, InstanceDisk, InstanceTag, RunRequest
 from stratus.config import InstanceType
-from stratus.domain import errors, ids
+from stratus.domain import errors, ids, tags
 from stratus.domain.states import INSTANCE_BUSY, ImageState, InstanceState, check_instance
 from stratus.service.context import Caller, Services
 from stratus.service.images import escape_like, find_instance_type, get_visible
@@ -98,6 +98,12 @@ class RunSpec:
     tags: list[tuple[str, str]] = field(default_factory=list)
     dry_run: bool = False
     raw_params: dict[str, Any] = field(default_factory=dict)  # for ClientToken comparison
+
+
+def validate_tags(tag_specs: list[dict[str, Any]] | None) -> list[tuple[str, str]]:
+    """The tags of new instances: RunInstances' TagSpecification may also carry the image's (ResourceType
+    'image'), which tag the instance too; entries for other resource types are ignored."""
+    return tags.from_specs(tag_specs, ("instance", "image"), noun="instance", refuse_others=False)
 
 
 def expand_names(pattern: str, count: int) -> list[str]:

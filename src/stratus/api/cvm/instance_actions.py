@@ -23,18 +23,6 @@ DATA_DISK = {"DiskSize": int, "DiskType": str, "DiskId": str, "DeleteWithInstanc
 LOGIN = {"Password": str, "KeyIds": [str], "KeepImageLogin": str}
 
 
-def _instance_tags(specs: list[dict[str, Any]] | None) -> list[tuple[str, str]]:
-    tags: dict[str, str] = {}
-    for spec in specs or []:
-        if spec.get("ResourceType") not in ("instance", "image"):
-            continue
-        for t in spec.get("Tags") or []:
-            if not t.get("Key") or len(t["Key"]) > 127:
-                raise errors.IllegalTagKey(key=t.get("Key"))
-            tags[t["Key"]] = t.get("Value") or ""
-    return sorted(tags.items())
-
-
 def run_instances(call: Call) -> dict[str, Any]:
     p = call.params
     placement = p.get("Placement") or {}
@@ -50,7 +38,7 @@ def run_instances(call: Call) -> dict[str, Any]:
         data_disks=[instances.DataDiskSpec(d["DiskSize"], d.get("DiskType", "CLOUD_PREMIUM"),
                                            d.get("DeleteWithInstance", True)) for d in p.get("DataDisks") or []],
         name=p.get("InstanceName", ""), host_name=p.get("HostName", ""), user_data=p.get("UserData"),
-        client_token=p.get("ClientToken"), tags=_instance_tags(p.get("TagSpecification")),
+        client_token=p.get("ClientToken"), tags=instances.validate_tags(p.get("TagSpecification")),
         dry_run=p.get("DryRun", False), raw_params=p,
     )
     ids = instances.run_instances(call.svc, call.caller, call.region or "", spec, call.request_id)
