@@ -37,7 +37,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from stratus import logs
 from stratus.service import maintenance
 from stratus.service.context import Services
-from stratus.storage.dirstore import DirStore
 
 access_log = logging.getLogger("stratus.access")
 
@@ -173,7 +172,7 @@ class StoreCollector(Collector):
     def _walk(self, region: str) -> None:
         walk = self._walks[region]
         try:
-            stats = DirStore(self.svc.region(region).store_path).stats()
+            stats = maintenance.store_dir_stats(self.svc, region)
             walk.chunks, walk.bytes, walk.finished_at = stats.chunks, stats.bytes, time.monotonic()
         except Exception:
             logging.getLogger(__name__).exception("walking the %s store for /metrics failed", region)

@@ -49,10 +49,10 @@ class ImportHandler:
         self.svc = svc
 
     def _progress(self, ctx: TaskContext, stage: str, pct: float) -> None:
-        last = getattr(ctx, "_image_pct", -1.0)
+        last = ctx.notes.get("image_pct", -1.0)
         ctx.report(stage, pct)
         if int(pct) != int(last):
-            ctx._image_pct = pct  # type: ignore[attr-defined]  # memo on this execution's context, which has no field for it
+            ctx.notes["image_pct"] = pct
             with ctx.fenced() as s:
                 s.execute(update(Image).where(Image.id == ctx.image_id).values(progress=pct))
 

@@ -29,6 +29,8 @@ from stratus.catalog.models import BaseDisk, Image, ImageDisk, Instance, Instanc
 from stratus.domain.manifest import DiskManifest
 from stratus.service.context import Services
 from stratus.service.manifests import load_manifest
+from stratus.storage.chunkstore import StoreStats
+from stratus.storage.dirstore import DirStore
 from stratus.storage.fsck import FsckReport, fsck
 from stratus.storage.gc import GcPlan, plan_gc
 
@@ -212,3 +214,8 @@ def task_counts(svc: Services) -> list[tuple[str, str, int]]:
     with svc.db.read() as s:
         rows = s.execute(select(Task.kind, Task.state, func.count()).group_by(Task.kind, Task.state)).all()
     return [(kind, state, count) for kind, state, count in rows]
+
+
+def store_dir_stats(svc: Services, region: str) -> StoreStats:
+    """Chunks and bytes under the region's store directory (one walk), for /metrics."""
+    return DirStore(svc.region(region).store_path).stats()

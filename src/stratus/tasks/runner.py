@@ -73,6 +73,8 @@ class TaskContext:
     account_id: str | None
     region: str | None
     image_id: str | None
+    # The handler's own values for this execution (e.g. the last progress it wrote to its image).
+    notes: dict[str, Any] = field(default_factory=dict)
     _last_report: float = 0.0
     _lost: bool = False
     # When the lease was last renewed (monotonic: a SIGSTOP'd process sees the time it was stopped).
