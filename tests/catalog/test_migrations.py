@@ -67,3 +67,29 @@ def test_0007_converts_json_manifests_to_binary_and_back(tmp_path: Path) -> None
         assert {d: bytes(b) for d, b in rows.items()} == {m.digest(): m.to_json() for m in manifests}
     finally:
         db.dispose()
+
+
+def test_0011_drops_the_instance_columns_nothing_wrote_and_the_downgrade_restores_them(
+        tmp_path: Path, db_url: str) -> None:
+    import sqlalchemy as sa
+
+    assert db_url  # on both databases
+    db = open_database(new_db_url(tmp_path))
+
+    def columns() -> set[str]:
+        with db.write_engine.connect() as conn:
+            return {c["name"] for c in sa.inspect(conn).get_columns("instances")}
+
+    try:
+        migrate.upgrade(db, "0007")
+        assert {"vm_pid", "vm_owner"} <= columns()
+        migrate.upgrade(db, "0011_drop_unused_columns")
+        assert not {"vm_pid", "vm_owner"} & columns() and "state" in columns()
+        with db.write_engine.connect() as conn:
+            cfg = migrate.alembic_config()
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0007")
+            conn.commit()
+        assert {"vm_pid", "vm_owner"} <= columns()
+    finally:
+        db.dispose()
