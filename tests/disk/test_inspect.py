@@ -1,4 +1,4 @@
-"""The inspection gate, against real hostile files built by stratus.disk.hostile.
+"""The inspection gate, against real hostile files built by tests/hostile.py.
 
 Layer 2 and 3 checks (qemu-img info/check) are tested by switching layer 1 off for one test, so a real
 hostile file reaches real qemu-img: a layer-2 test that still passed with layer 2 removed would be vacuous,
