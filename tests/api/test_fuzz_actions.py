@@ -34,7 +34,6 @@ from stratus.api.cvm.registry import ACTIONS
 from stratus.api.cvm.signing import sign
 from stratus.config import load_settings
 from stratus.domain import errors
-from stratus.domain.states import InstanceState, instance_state_code
 from stratus.service.runtime import prepare
 from tests.conftest import ROOT, Account, make_server
 from tests.e2e.helpers import file_server, import_request, wait_image
@@ -46,7 +45,6 @@ FUZZ = settings(max_examples=EXAMPLES, derandomize=not LONG, deadline=None, data
                                        HealthCheck.filter_too_much, HealthCheck.large_base_example])
 HOST = "testserver"
 CODES = {cls.code for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, errors.CvmError)}
-CODES |= {instance_state_code(s) for s in InstanceState}  # InstanceStateError's code follows the state
 
 
 class World:

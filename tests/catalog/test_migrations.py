@@ -16,7 +16,7 @@ from tests.conftest import new_db_url
 
 def downgrade(db: Database, revision: str) -> None:
     with db.write_engine.connect() as conn:
-        cfg = migrate._config()
+        cfg = migrate.alembic_config()
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, revision)
         conn.commit()
@@ -97,5 +97,27 @@ def test_0008_keeps_bases_as_the_host_local_and_back(tmp_path: Path, db_url: str
             got = [dict(r._mapping) for r in conn.execute(sa.select(bases))]
             columns = {c["name"] for c in sa.inspect(conn).get_columns("instances")}
         assert got == [row] and "compute_host" not in columns
+    finally:
+        db.dispose()
+
+
+def test_0009_drops_the_instance_columns_nothing_wrote_and_the_downgrade_restores_them(
+        tmp_path: Path, db_url: str) -> None:
+    import sqlalchemy as sa
+
+    assert db_url  # on both databases
+    db = open_database(new_db_url(tmp_path))
+
+    def columns() -> set[str]:
+        with db.write_engine.connect() as conn:
+            return {c["name"] for c in sa.inspect(conn).get_columns("instances")}
+
+    try:
+        migrate.upgrade(db, "0008_compute_hosts")
+        assert {"vm_pid", "vm_owner"} <= columns()
+        migrate.upgrade(db, "0009_drop_unused_columns")
+        assert not {"vm_pid", "vm_owner"} & columns() and "state" in columns()
+        downgrade(db, "0008_compute_hosts")
+        assert {"vm_pid", "vm_owner"} <= columns()
     finally:
         db.dispose()

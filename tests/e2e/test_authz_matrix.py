@@ -25,7 +25,7 @@ import pytest
 from tencentcloud.common.exception.tencent_cloud_sdk_exception import TencentCloudSDKException
 
 from stratus.api.cvm.registry import ACTIONS
-from stratus.disk import hostile
+from tests import hostile
 from tests.conftest import Account, Server, wait_for
 from tests.e2e.helpers import file_server, import_request, wait_image, wait_task
 

@@ -9,10 +9,11 @@ import time
 from pathlib import Path
 
 from stratus.config import load_settings
-from stratus.disk import hostile, qemu_img
+from stratus.disk import qemu_img
 from stratus.service.maintenance import plan_region_gc, referenced_manifests
 from stratus.service.runtime import prepare
 from stratus.tasks.runner import enqueue
+from tests import hostile
 from tests.conftest import Server
 from tests.e2e.helpers import describe, wait_image
 

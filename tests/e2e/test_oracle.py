@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from stratus.disk import hostile
+from tests import hostile
 from tests.conftest import Account, Server
 from tests.e2e.helpers import catalog_task_result, describe, file_server, import_request, wait_image, wait_task
 

@@ -19,7 +19,8 @@ from typing import Any
 import blake3
 import pytest
 
-from stratus.disk import hostile, qemu_img
+from stratus.disk import qemu_img
+from tests import hostile
 from tests.conftest import STRATUS, Account, Server, make_server, wait_for
 from tests.e2e.helpers import describe, file_server, import_request, wait_image, wait_task
 from tests.e2e.test_authz_matrix import make_accounts

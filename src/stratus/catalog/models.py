@@ -232,8 +232,6 @@ class Instance(Base):
     latest_operation_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
     latest_operation_request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     latest_operation_error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    vm_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    vm_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the process supervising the VM
     created_at: Mapped[float] = mapped_column(Float, default=now)
     updated_at: Mapped[float] = mapped_column(Float, default=now, onupdate=now)
 

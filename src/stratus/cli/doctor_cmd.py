@@ -25,6 +25,7 @@ from rich.markup import escape
 
 from stratus.cli.common import ConfigOpt, DataDirOpt, JsonOpt, out, print_json
 from stratus.config import Region, Settings
+from stratus.domain.units import human_bytes
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -44,14 +45,6 @@ class Check:
     fix: str = ""
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n} B"
-
-
 def check_config(data_dir: str | None, config: str | None) -> tuple[Check, Settings | None]:
     from stratus.config import load_settings
 
@@ -68,7 +61,7 @@ def check_catalog(cfg: Settings) -> Check:
     from alembic.script import ScriptDirectory
 
     from stratus.catalog.db import open_database
-    from stratus.catalog.migrate import _config
+    from stratus.catalog.migrate import alembic_config
 
     url = cfg.database_url
     shown = url.split("@")[-1]
@@ -77,7 +70,7 @@ def check_catalog(cfg: Settings) -> Check:
         if not path.exists():
             return Check("catalog", "fail", f"no catalog at {path}",
                          "run `stratus serve` once (it creates and migrates the catalog), or fix database_url")
-    head = ScriptDirectory.from_config(_config()).get_current_head()
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     try:
         db = open_database(url)
     except Exception as exc:
@@ -116,7 +109,7 @@ def check_dir(name: str, path: Path, what: str) -> list[Check]:
 def check_free(name: str, path: Path) -> Check:
     usage = shutil.disk_usage(path)
     free, frac = usage.free, usage.free / usage.total if usage.total else 0.0
-    detail = f"{_human(free)} free of {_human(usage.total)} ({frac:.0%}) at {path}"
+    detail = f"{human_bytes(free)} free of {human_bytes(usage.total)} ({frac:.0%}) at {path}"
     fix = "free space or move this directory to a larger filesystem (imports, exports and copies need room)"
     if free < FAIL_FREE_BYTES or frac < FAIL_FREE_FRACTION:
         return Check(name, "fail", detail, fix)

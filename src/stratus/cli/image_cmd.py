@@ -32,6 +32,7 @@ from stratus.cli.common import (
     sdk_errors,
     table,
 )
+from stratus.domain.units import human_bytes
 
 app = typer.Typer(help="Import, list, show, export, delete, copy, share and publish images.", no_args_is_help=True)
 
@@ -115,7 +116,7 @@ def upload_file(ep: Endpoint, path: Path, declared_format: str | None = None) ->
         while received < size:
             start = received
 
-            def body_iter(start: int = start):  # type: ignore[no-untyped-def]
+            def body_iter(start: int = start):
                 f.seek(start)
                 while True:
                     block = f.read(BLOCK)
@@ -331,15 +332,6 @@ def publish(
 # --------------------------------------------------------------------------- copies between regions
 
 
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
-        size /= 1024
-    return f"{size:.1f} TiB"  # pragma: no cover
-
-
 def follow_copies(ep: Endpoint, image_id: str, copies: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Show a progress bar (SyncPercent) per copy until each leaves SYNCING; returns, per copy, its
     region, id, final state and what crossed between the stores (the sync task's result)."""
@@ -409,7 +401,7 @@ def copy(
     else:
         for r in results:
             crossed = "" if r["BytesCopied"] is None else \
-                f"\t{_human(r['BytesCopied'])} of {_human(r['BytesTotal'] or 0)} crossed"
+                f"\t{human_bytes(r['BytesCopied'])} of {human_bytes(r['BytesTotal'] or 0)} crossed"
             typer.echo(f"{r['Region']}\t{r['ImageId']}\t{r['ImageState']}{crossed}")
     failed = [r for r in results if r["ImageState"] != "NORMAL"]
     if failed:

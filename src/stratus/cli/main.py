@@ -29,6 +29,7 @@ def _tidy_help() -> None:
         name = name if self.required else f"[{name}]"
         return name + ("..." if self.nargs != 1 else "")
 
+    # Patching typer's help rendering in place (no hook for it): mypy forbids assigning to methods.
     typer_core.TyperOption.display_type_rich = option_type  # type: ignore[method-assign]
     typer_core.TyperArgument.display_type_rich = lambda self, ctx: None  # type: ignore[method-assign]
     typer_core.TyperArgument._usage_display_name = argument_usage  # type: ignore[method-assign]

@@ -24,11 +24,11 @@ def _setup_logs(level: str, fmt: str | None) -> str:
     if fmt not in (None, "json", "text"):
         die(f"--log-format must be json or text, not {fmt!r}")
     fmt = fmt or logs.default_format(sys.stderr)
-    logs.setup(level, fmt)  # type: ignore[arg-type]
+    logs.setup(level, fmt)  # type: ignore[arg-type]  # checked above: "json" or "text", the LogFormat literals
     return fmt
 
 
-def _ready(cfg: Settings):  # type: ignore[no-untyped-def]
+def _ready(cfg: Settings):
     """The service, its catalog migrated and its stores checked: an S3 store that doesn't answer or whose
     bucket is missing stops the start with one line naming region, endpoint and bucket."""
     from stratus.service.runtime import prepare

@@ -35,7 +35,7 @@ from stratus.service.instances import GiB, check_operable, get_owned, workdir
 from stratus.service.limits import check_tasks
 from stratus.service.manifests import load_manifest, record_manifest
 from stratus.storage.capture import capture_disk
-from stratus.tasks.runner import TaskContext, enqueue
+from stratus.tasks.runner import TaskContext, TaskFailed, enqueue
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class CaptureHandler:
             inst = s.scalars(select(Instance).where(Instance.id == ctx.payload["instance_id"])
                              .options(selectinload(Instance.disks))).first()
         if inst is None:
-            raise CaptureFailed(f"the instance {ctx.payload['instance_id']} is gone")
+            raise TaskFailed(f"the instance {ctx.payload['instance_id']} is gone")
         disks = {d.id: d for d in inst.disks}
         driver = get_driver(inst.driver)
         wdir = workdir(svc, inst)
@@ -150,7 +150,7 @@ class CaptureHandler:
             for n, disk_id in enumerate(ctx.payload["disk_ids"]):
                 disk = disks.get(disk_id)
                 if disk is None:
-                    raise CaptureFailed(f"the disk {disk_id} is no longer attached to {inst.id}")
+                    raise TaskFailed(f"the disk {disk_id} is no longer attached to {inst.id}")
                 ctx.report("capture", 100.0 * n / total, force=True)
                 base = load_manifest(svc, region, disk.base_manifest) if disk.base_manifest else None
                 with overlays.changed_extents(Path(disk.path)) as extents:
@@ -187,11 +187,3 @@ class CaptureHandler:
                 set_image_state(s, ctx.image_id, ImageState.CREATEFAILED, reason=reason)
             s.execute(update(Instance).where(Instance.id == ctx.payload["instance_id"])
                       .values(latest_operation_state="FAILED", latest_operation_error=reason))
-
-
-class CaptureFailed(Exception):
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-

@@ -70,7 +70,7 @@ class Services:
     def _open_store(self, region: Region) -> ChunkStore:
         return open_store(region, self.settings, quiet=lambda since: self.region_quiet(region.name, since))
 
-    def export_objects(self, region: str, bucket: str):  # type: ignore[no-untyped-def]
+    def export_objects(self, region: str, bucket: str):
         """The S3Objects of an export bucket kept in S3, None for a directory bucket."""
         spec = self.region(region).bucket(bucket)
         if spec is None or spec.s3 is None:
@@ -109,12 +109,15 @@ class Services:
         from stratus.storage.chunkstore import StoreUnavailable
 
         for region in self.settings.regions:
-            checks = [(region.store, lambda r=region: self.store(r.name).check())] if region.store.type == "s3" else []
-            checks += [(b.s3, lambda r=region, b=b: self.export_objects(r.name, b.name).check())
-                       for b in region.buckets if b.s3 is not None]
-            for spec, check in checks:
+            # (spec, export bucket name or None for the chunk store); each made and checked inside the try
+            checks: list[tuple[Any, str | None]] = [(region.store, None)] if region.store.type == "s3" else []
+            checks += [(b.s3, b.name) for b in region.buckets if b.s3 is not None]
+            for spec, bucket in checks:
                 try:
-                    check()
+                    if bucket is None:
+                        self.store(region.name).check()
+                    else:
+                        self.export_objects(region.name, bucket).check()
                 except StoreUnavailable as exc:
                     raise StoreUnavailable(
                         f"region {region.name}: the S3 store at {spec.endpoint_url or 'AWS'} bucket "

@@ -57,7 +57,7 @@ def readable_chunks(s: Session, account_id: str, region: str, digests: Iterable[
         ImageDisk.manifest_digest.is_not(None))
     bases = select(InstanceDisk.base_manifest).join(Instance, Instance.id == InstanceDisk.instance_id).where(
         Instance.region == region, Instance.owner_id == account_id, InstanceDisk.base_manifest.is_not(None))
-    manifests = set(s.scalars(images.union(bases)))
+    manifests = {d for d in s.scalars(images.union(bases)) if d}
     readable: set[str] = set()
     for digest in manifests:  # one at a time: an account's manifests in a region, never the whole catalog
         try:

@@ -29,7 +29,7 @@ from stratus.service.images import set_image_state
 from stratus.service.manifests import record_manifest
 from stratus.storage.fetch import fetch_url
 from stratus.storage.ingest import ingest_disk
-from stratus.tasks.runner import TaskCancelled, TaskContext
+from stratus.tasks.runner import TaskCancelled, TaskContext, TaskFailed
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +49,10 @@ class ImportHandler:
         self.svc = svc
 
     def _progress(self, ctx: TaskContext, stage: str, pct: float) -> None:
-        last = getattr(ctx, "_image_pct", -1.0)
+        last = ctx.notes.get("image_pct", -1.0)
         ctx.report(stage, pct)
         if int(pct) != int(last):
-            ctx._image_pct = pct  # type: ignore[attr-defined]
+            ctx.notes["image_pct"] = pct
             with ctx.fenced() as s:
                 s.execute(update(Image).where(Image.id == ctx.image_id).values(progress=pct))
 
@@ -130,13 +130,13 @@ class ImportHandler:
                 if ctx.should_stop():
                     raise
                 if out_of_space(exc):
-                    raise ImportFailed(
+                    raise TaskFailed(
                         f"{label}: the server ran out of disk space (no space left on device) while storing the "
                         "image. Ask an operator to free space in the image store (`stratus gc` reclaims what this "
                         "import left), then import again."
                     ) from exc
                 reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-                raise ImportFailed(f"{label}: {reason}") from exc
+                raise TaskFailed(f"{label}: {reason}") from exc
             manifest = result.manifest
             with ctx.fenced() as s:
                 digest = record_manifest(s, ctx.region, manifest)
@@ -202,11 +202,3 @@ def out_of_space(exc: BaseException) -> bool:
             return True
         cur = cur.__cause__ or cur.__context__
     return False
-
-
-class ImportFailed(Exception):
-    """An import failed for a reason its owner can act on."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message

@@ -22,8 +22,8 @@ from sqlalchemy.orm import Session, selectinload
 
 from stratus.catalog.models import Image, Instance, InstanceDisk, InstanceTag, RunRequest
 from stratus.config import InstanceType
-from stratus.domain import errors, ids
-from stratus.domain.states import INSTANCE_BUSY, ImageState, InstanceState
+from stratus.domain import errors, ids, tags
+from stratus.domain.states import INSTANCE_BUSY, ImageState, InstanceState, check_instance
 from stratus.service.context import Caller, Services
 from stratus.service.hosts import down_hosts, host_dir, place
 from stratus.service.images import escape_like, find_instance_type, get_visible
@@ -104,6 +104,12 @@ class RunSpec:
     tags: list[tuple[str, str]] = field(default_factory=list)
     dry_run: bool = False
     raw_params: dict[str, Any] = field(default_factory=dict)  # for ClientToken comparison
+
+
+def validate_tags(tag_specs: list[dict[str, Any]] | None) -> list[tuple[str, str]]:
+    """The tags of new instances: RunInstances' TagSpecification may also carry the image's (ResourceType
+    'image'), which tag the instance too; entries for other resource types are ignored."""
+    return tags.from_specs(tag_specs, ("instance", "image"), noun="instance", refuse_others=False)
 
 
 def expand_names(pattern: str, count: int) -> list[str]:
@@ -340,6 +346,14 @@ def describe_instances(svc: Services, caller: Caller, region: str, *, instance_i
         return InstancePage(total, list(s.scalars(q).all()))
 
 
+def os_names(svc: Services, image_ids: set[str]) -> dict[str, str]:
+    """OsName of each image still in the catalog (an instance outlives its image)."""
+    if not image_ids:
+        return {}
+    with svc.db.read() as s:
+        return {iid: name for iid, name in s.execute(select(Image.id, Image.os_name).where(Image.id.in_(image_ids)))}
+
+
 # --------------------------------------------------------------------------- state changes
 
 
@@ -362,7 +376,7 @@ def check_operable(inst: Instance, action: str) -> None:
     if inst.latest_operation_state == "OPERATING" and inst.state not in INSTANCE_BUSY:
         raise errors.InstanceOperationInProgress(instance_id=inst.id, operation=inst.latest_operation)
     if inst.state not in accepted:
-        raise errors.InstanceStateError(inst.id, inst.state, action, needed)
+        raise errors.InstanceStateError.of(inst.id, inst.state, action, needed)
 
 
 def change_instances(svc: Services, caller: Caller, region: str, action: str, instance_ids: list[str], *,
@@ -389,7 +403,9 @@ def change_instances(svc: Services, caller: Caller, region: str, action: str, in
         previous = {inst.id: inst.state for inst in instances}
         by_host: dict[str, list[str]] = {}
         for inst in instances:
-            inst.state = transitional or inst.state
+            if transitional is not None:
+                check_instance(inst.state, transitional)
+                inst.state = transitional
             inst.latest_operation, inst.latest_operation_state = action, "OPERATING"
             inst.latest_operation_request_id, inst.latest_operation_error = request_id, None
             by_host.setdefault(inst.compute_host, []).append(inst.id)
@@ -452,6 +468,9 @@ def console_output(svc: Services, caller: Caller, region: str, instance_id: str,
 
 def set_states(s: Session, instance_ids: list[str], state: InstanceState, *, op_state: str | None = None,
                error: str | None = None, reason: str | None = None) -> None:
+    """Record the outcome of an operation on instances (each checked against the state machine)."""
+    for old in s.scalars(select(Instance.state).where(Instance.id.in_(instance_ids))):
+        check_instance(old, state)
     values: dict[str, Any] = {"state": state}
     if op_state is not None:
         values["latest_operation_state"] = op_state

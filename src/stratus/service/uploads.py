@@ -26,6 +26,7 @@ from pathlib import Path
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
+from stratus.catalog.db import rowcount
 from stratus.catalog.models import Account, Upload
 from stratus.domain import errors, ids
 from stratus.service.context import Caller, Services
@@ -149,13 +150,13 @@ def begin_append(svc: Services, caller: Caller, upload_id: str, offset: int, wri
     now = time.time()
     with svc.db.write() as s:
         upload = _owned(s, caller, upload_id)
-        claimed = s.execute(
+        claimed = rowcount(s.execute(
             update(Upload)
             .where(Upload.id == upload_id, Upload.state == "UPLOADING", Upload.received == offset,
                    or_(Upload.writer.is_(None), Upload.writer_until < now))
             .values(writer=writer, writer_until=now + CLAIM_SECONDS)
             .execution_options(synchronize_session=False)
-        ).rowcount
+        ))
         s.refresh(upload)
         if claimed != 1:
             raise _refusal(upload, offset, now)
@@ -176,12 +177,12 @@ def commit_append(svc: Services, caller: Caller, upload_id: str, fd: int, commit
         upload = _owned(s, caller, upload_id)
         if new_received == upload.size:
             values["state"] = "COMPLETE"
-        done = s.execute(
+        done = rowcount(s.execute(
             update(Upload)
             .where(Upload.id == upload_id, Upload.writer == writer, Upload.received == committed)
             .values(**values)
             .execution_options(synchronize_session=False)
-        ).rowcount
+        ))
         s.refresh(upload)
         if done != 1:
             raise UploadBusy(

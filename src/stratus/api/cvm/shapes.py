@@ -8,8 +8,6 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
-
 from stratus.catalog.models import Image, Instance, Task
 from stratus.domain.redact import redact_paths
 from stratus.service import disclosure
@@ -87,14 +85,6 @@ def task(t: Task, caller: Caller, cos_paths: list[str] | None = None) -> dict[st
         # What the finished task reports (docs/api.md, DescribeTasks), without store-level figures.
         "Result": disclosure.task_result(json.loads(t.result), caller) if t.result else None,
     }
-
-
-def os_names(svc: Services, image_ids: set[str]) -> dict[str, str]:
-    """OsName of each image still in the catalog (an instance outlives its image)."""
-    if not image_ids:
-        return {}
-    with svc.db.read() as s:
-        return dict(s.execute(select(Image.id, Image.os_name).where(Image.id.in_(image_ids))).all())
 
 
 def instance(svc: Services, inst: Instance, os_name: str) -> dict[str, Any]:

@@ -15,7 +15,6 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from sqlalchemy import select
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response, StreamingResponse
@@ -25,9 +24,8 @@ from stratus.api.cvm import envelope
 from stratus.api.cvm.auth import authenticate
 from stratus.api.cvm.endpoint import read_body
 from stratus.api.cvm.params import ActionSchema, parse_int64, parse_json, validate
-from stratus.catalog.models import ExportObject
 from stratus.domain import errors
-from stratus.service import uploads
+from stratus.service import downloads, uploads
 from stratus.service.context import Services
 
 COMMIT_EVERY = 256 * 1024 * 1024  # make progress durable at least this often during one request
@@ -171,25 +169,13 @@ def routes(svc: Services) -> list[Route]:
         rid = str(uuid.uuid4())
         try:
             caller = await run_in_threadpool(authenticate, svc, request, b"")
-            region = svc.region(request.headers.get("x-tc-region"))
-            bucket_name, key = request.path_params["bucket"], request.path_params["key"]
-            bucket = region.bucket(bucket_name)
-
-            def lookup() -> ExportObject | None:
-                with svc.db.read() as s:
-                    return s.scalar(select(ExportObject).where(
-                        ExportObject.region == region.name, ExportObject.bucket == bucket_name,
-                        ExportObject.key == key, ExportObject.account_id == caller.account_id))
-
-            obj = await run_in_threadpool(lookup) if bucket else None
-            if obj is None or bucket is None:
-                raise errors.ResourceNotFound(detail=f"No object {key!r} in bucket {bucket_name!r}.")
-            if obj.state != "DONE":
-                raise errors.InvalidParameterValue(detail=f"The export of {key!r} is {obj.state}; wait for it.")
-            objects = svc.export_objects(region.name, bucket_name)
-            if objects is not None:
-                return await _s3_download(request, rid, objects, key)
-            path = bucket.path / key
+            found = await run_in_threadpool(downloads.authorize_download, svc, caller,
+                                            request.headers.get("x-tc-region"), request.path_params["bucket"],
+                                            request.path_params["key"])
+            key = found.key
+            if found.path is None:
+                return await _s3_download(request, rid, found.objects, key)
+            path = found.path
             if "extents" in request.query_params:
                 # Where the file holds data: a client fetches only those ranges and leaves holes as holes,
                 # instead of streaming every zero of a sparse raw disk.
