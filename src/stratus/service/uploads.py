@@ -149,6 +149,9 @@ def begin_append(svc: Services, caller: Caller, upload_id: str, offset: int, wri
     now = time.time()
     with svc.db.write() as s:
         upload = _owned(s, caller, upload_id)
+        if upload.manifest is not None:
+            raise errors.InvalidParameterValue(
+                detail=f"Upload {upload_id} is chunked: send its chunks to /uploads/{upload_id}/chunks, not bytes.")
         claimed = s.execute(
             update(Upload)
             .where(Upload.id == upload_id, Upload.state == "UPLOADING", Upload.received == offset,
