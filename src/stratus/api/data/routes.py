@@ -116,7 +116,12 @@ def routes(svc: Services) -> list[Route]:
             )
         except Exception as exc:
             return _error(exc, rid)
-        return _ok(rid, status.as_json())
+        return _ok(rid, with_chunk_size(request, status.as_json()))
+
+    def with_chunk_size(request: Request, fields: dict[str, Any]) -> dict[str, Any]:
+        # The chunk size of the caller's region: what a chunked upload's manifest must use.
+        region = svc.settings.region(request.headers.get("x-tc-region") or "")
+        return {**fields, "ChunkSize": region.chunk_size} if region is not None else fields
 
     async def show(request: Request) -> Response:
         rid = str(uuid.uuid4())
@@ -125,7 +130,7 @@ def routes(svc: Services) -> list[Route]:
             status = await run_in_threadpool(uploads.get_upload, svc, caller, request.path_params["upload_id"])
         except Exception as exc:
             return _error(exc, rid)
-        return _ok(rid, status.as_json())
+        return _ok(rid, with_chunk_size(request, status.as_json()))
 
     async def append(request: Request) -> Response:
         rid = str(uuid.uuid4())
