@@ -298,7 +298,7 @@ def _recalled_upload(client: httpx.Client, ep: Endpoint, upload_id: str | None) 
 
 def _send(ep: Endpoint, raw: Path, upload_id: str, manifest: DiskManifest, needed: list[tuple[str, int]],
           stats: Transfer, label: str) -> None:
-    lengths = {d: (lambda r: r[1] - r[0])(manifest.chunk_range(i)) for d, i in needed}
+    lengths = {d: manifest.chunk_range(i)[1] for d, i in needed}
     index = dict(needed)
     path = f"/uploads/{upload_id}/chunks"
     fd = os.open(raw, os.O_RDONLY)
@@ -375,14 +375,14 @@ def export_chunked(ep: Endpoint, image_id: str, output: Path, fmt: str, base: Pa
         base_fd = os.open(base, os.O_RDONLY) if base is not None else None
         try:
             for index, digest in enumerate(manifest.chunks):
-                lo, hi = manifest.chunk_range(index)
+                lo, length = manifest.chunk_range(index)
                 old = have[index] if index < len(have) else None
                 if digest == old:
                     continue
                 if digest is None:
-                    _zero_range(fd, lo, hi - lo)
+                    _zero_range(fd, lo, length)
                 elif digest in from_base and base_fd is not None:
-                    os.pwrite(fd, os.pread(base_fd, hi - lo, from_base[digest] * chunk_size), lo)
+                    os.pwrite(fd, os.pread(base_fd, length, from_base[digest] * chunk_size), lo)
                 else:
                     fetch.setdefault(digest, []).append(index)
         finally:
@@ -413,7 +413,7 @@ def export_chunked(ep: Endpoint, image_id: str, output: Path, fmt: str, base: Pa
 
 def _fetch(ep: Endpoint, image_id: str, manifest: DiskManifest, fd: int, fetch: dict[str, list[int]],
            stats: Transfer, label: str) -> None:
-    lengths = {d: (lambda r: r[1] - r[0])(manifest.chunk_range(ix[0])) for d, ix in fetch.items()}
+    lengths = {d: manifest.chunk_range(ix[0])[1] for d, ix in fetch.items()}
     path = f"/images/{image_id}/chunks"
     lock = threading.Lock()
     with _progress() as progress:

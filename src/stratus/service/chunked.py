@@ -74,7 +74,7 @@ class _DigestSets:
                 return found
         if manifest is None:
             return None
-        digests = manifest.data_digests
+        digests = manifest.data_digests()
         with self._lock:
             self._items[key] = digests
             while len(self._items) > self._size:
@@ -186,7 +186,7 @@ def set_manifest(svc: Services, caller: Caller, upload_id: str, region_name: str
     if manifest.virtual_size % 512:
         raise errors.InvalidParameterValue(
             detail=f"A raw disk is whole 512-byte sectors; {manifest.virtual_size} bytes is not.")
-    wanted = manifest.data_digests
+    wanted = manifest.data_digests()
     with svc.db.read() as s:
         readable = readable_chunks(s, caller.account_id, region.name, wanted)
     # Touching them also keeps gc from taking them before the import records the manifest.
@@ -209,8 +209,7 @@ def _chunk_lengths(manifest: DiskManifest, digests: set[str]) -> dict[str, int]:
         return lengths
     for index, digest in enumerate(manifest.chunks):
         if digest in digests and digest not in lengths:
-            lo, hi = manifest.chunk_range(index)
-            lengths[digest] = hi - lo
+            lengths[digest] = manifest.chunk_range(index)[1]
     return lengths
 
 
@@ -323,7 +322,7 @@ def assemble(svc: Services, upload: Upload, region: str, work: Path) -> tuple[Di
     assert upload.manifest is not None
     manifest = DiskManifest.decode(upload.manifest)
     store = svc.store(region)
-    wanted = manifest.data_digests
+    wanted = manifest.data_digests()
     missing = wanted - set(store.present(wanted))
     if missing:
         raise ChunkedImportError(
