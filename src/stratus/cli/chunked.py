@@ -19,9 +19,10 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import blake3
@@ -48,6 +49,15 @@ class Transfer:
     chunks: int = 0  # non-zero chunks
     sent_chunks: int = 0
     sent_bytes: int = 0  # chunk bytes on the wire
+    seconds: dict[str, float] = field(default_factory=dict)  # where the time went, by phase
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
 
 
 def _client(ep: Endpoint) -> httpx.Client:
@@ -237,7 +247,7 @@ def import_chunked(ep: Endpoint, path: Path, declared: str | None) -> tuple[str,
     """Send the disk in ``path`` as a chunked upload (resuming one this machine started); returns the
     upload id, complete, for ImportImage."""
     stats = Transfer()
-    with raw_disk(path, client_format(path, declared)) as raw, _client(ep) as client:
+    with stats.phase("convert"), raw_disk(path, client_format(path, declared)) as raw, _client(ep) as client:
         size = raw.stat().st_size
         if size % 512:
             if size < 1 << 20:
@@ -255,7 +265,7 @@ def import_chunked(ep: Endpoint, path: Path, declared: str | None) -> tuple[str,
         upload_id, chunk_size = str(info["UploadId"]), int(info.get("ChunkSize") or 0)  # type: ignore[call-overload]
         if not chunk_size:
             die("this server does not take chunked uploads; import with --whole-file", EXIT_REFUSED)
-        with _progress() as progress:
+        with stats.phase("hash"), _progress() as progress:
             bar = progress.add_task(f"hash {path.name}", total=size)
             digests = hash_chunks(raw, size, chunk_size, lambda n: progress.advance(bar, n))
         manifest = DiskManifest(size, chunk_size, digests)
@@ -274,7 +284,8 @@ def import_chunked(ep: Endpoint, path: Path, declared: str | None) -> tuple[str,
             needed = r.json()["Response"]["Needed"]
             if not needed:
                 break
-            _send(ep, raw, upload_id, manifest, [(d, where[d]) for d in needed], stats, path.name)
+            with stats.phase("send"):
+                _send(ep, raw, upload_id, manifest, [(d, where[d]) for d in needed], stats, path.name)
             r = _post_manifest(client, ep, upload_id, body)
             if r.status_code != 200:
                 die(f"upload refused: {_error(r)}", EXIT_REFUSED)
@@ -388,8 +399,10 @@ def export_chunked(ep: Endpoint, image_id: str, output: Path, fmt: str, base: Pa
         finally:
             if base_fd is not None:
                 os.close(base_fd)
-        _fetch(ep, image_id, manifest, fd, fetch, stats, output.name)
-        os.fsync(fd)
+        with stats.phase("fetch"):
+            _fetch(ep, image_id, manifest, fd, fetch, stats, output.name)
+        with stats.phase("fsync"):
+            os.fsync(fd)
     finally:
         os.close(fd)
     if fmt == "raw":

@@ -224,7 +224,8 @@ def import_(
 
         upload_id, sent = import_chunked(ep, file, fmt)
         console.print(f"sent {_human(sent.sent_bytes)} in {sent.sent_chunks} of {sent.chunks} data chunks "
-                      f"({_human(sent.data_bytes)} of data); chunk bytes sent: {sent.sent_bytes}", highlight=False)
+                      f"({_human(sent.data_bytes)} of data); chunk bytes sent: {sent.sent_bytes}; "
+                      + ", ".join(f"{k} {v:.2f} s" for k, v in sent.seconds.items()), highlight=False)
     else:
         upload_id = upload_file(ep, file, fmt.upper() if fmt else None)
     params: dict[str, Any] = {"ImageUrl": f"upload://{upload_id}", "ImageName": name, "OsType": os_type,
@@ -491,7 +492,8 @@ def export(
 
         got = export_chunked(ep, image_id, output, fmt.lower(), base)
         console.print(f"fetched {_human(got.sent_bytes)} in {got.sent_chunks} of {got.chunks} data chunks; "
-                      f"chunk bytes fetched: {got.sent_bytes}", highlight=False)
+                      f"chunk bytes fetched: {got.sent_bytes}; "
+                      + ", ".join(f"{k} {v:.2f} s" for k, v in got.seconds.items()), highlight=False)
         out.print(str(output))
         return
     resp = ep.request("ExportImages", {"BucketName": bucket, "ImageIds": [image_id], "ExportFormat": fmt.upper(),
