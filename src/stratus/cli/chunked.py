@@ -86,7 +86,7 @@ def client_format(path: Path, declared: str | None) -> str:
 
 
 @contextlib.contextmanager
-def raw_disk(path: Path, fmt: str) -> Iterator[Path]:
+def raw_disk(path: Path, fmt: str, stats: Transfer | None = None) -> Iterator[Path]:
     """``path`` as a raw disk file: itself, or a sparse conversion by this machine's qemu-img (removed after)."""
     if fmt == "raw":
         yield path
@@ -97,7 +97,8 @@ def raw_disk(path: Path, fmt: str) -> Iterator[Path]:
             "qemu), or import it with --whole-file to let the server convert it", EXIT_FAILED)
     with tempfile.TemporaryDirectory(prefix="stratus-import-") as tmp:
         raw = Path(tmp) / "disk.raw"
-        with console.status(f"converting {path.name} ({fmt}) to raw with qemu-img"):
+        with console.status(f"converting {path.name} ({fmt}) to raw with qemu-img"), \
+                (stats.phase("convert") if stats else contextlib.nullcontext()):
             done = subprocess.run([qemu_img, "convert", "-f", fmt, "-O", "raw", str(path), str(raw)],
                                   capture_output=True, text=True)
         if done.returncode != 0:
@@ -247,7 +248,7 @@ def import_chunked(ep: Endpoint, path: Path, declared: str | None) -> tuple[str,
     """Send the disk in ``path`` as a chunked upload (resuming one this machine started); returns the
     upload id, complete, for ImportImage."""
     stats = Transfer()
-    with stats.phase("convert"), raw_disk(path, client_format(path, declared)) as raw, _client(ep) as client:
+    with raw_disk(path, client_format(path, declared), stats) as raw, _client(ep) as client:
         size = raw.stat().st_size
         if size % 512:
             if size < 1 << 20:
