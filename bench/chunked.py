@@ -48,6 +48,8 @@ from run import (  # noqa: E402  (bench/run.py's helpers: the same disk, server 
     timed,
 )
 
+from stratus.cli.chunked import data_runs  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 MiB = 1 << 20
 CHANGE = 64 * MiB
@@ -71,17 +73,8 @@ def change_chunks(path: Path, total: int, seed: int) -> None:
     rng = random.Random(seed)
     fd = os.open(path, os.O_RDWR)
     try:
-        size = os.fstat(fd).st_size
-        data_chunks = []
-        offset = 0
-        while offset < size:
-            try:
-                start = os.lseek(fd, offset, os.SEEK_DATA)
-            except OSError:
-                break
-            end = os.lseek(fd, start, os.SEEK_HOLE)
-            data_chunks += range(-(-start // MiB), end // MiB)
-            offset = end
+        data_chunks = [i for start, end in data_runs(fd, os.fstat(fd).st_size)
+                       for i in range(-(-start // MiB), end // MiB)]
         for index in rng.sample(data_chunks, total // MiB):
             os.pwrite(fd, rng.randbytes(MiB), index * MiB)
     finally:

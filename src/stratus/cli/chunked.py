@@ -106,7 +106,7 @@ def raw_disk(path: Path, fmt: str, stats: Transfer | None = None) -> Iterator[Pa
         yield raw
 
 
-def _data_runs(fd: int, size: int) -> list[tuple[int, int]]:
+def data_runs(fd: int, size: int) -> list[tuple[int, int]]:
     """[(start, end)] of the file's data (SEEK_DATA/SEEK_HOLE): holes are zero chunks, never read."""
     runs: list[tuple[int, int]] = []
     offset = 0
@@ -128,7 +128,7 @@ def hash_chunks(path: Path, size: int, chunk_size: int, progress: Callable[[int]
     fd = os.open(path, os.O_RDONLY)
     try:
         file_size = os.fstat(fd).st_size
-        runs = _data_runs(fd, min(file_size, size))
+        runs = data_runs(fd, min(file_size, size))
         has_data = bytearray(n)
         for start, end in runs:
             for i in range(start // chunk_size, min(n, -(-end // chunk_size))):
