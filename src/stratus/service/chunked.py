@@ -218,7 +218,8 @@ def _chunk_lengths(manifest: DiskManifest, digests: set[str]) -> dict[str, int]:
 
 def put_chunks(svc: Services, caller: Caller, upload_id: str, records: list[tuple[str, memoryview]]) -> int:
     """Store chunks of a chunked upload: each must be named by its manifest and hash to its digest
-    (checked before anything is written). Returns how many chunks the store did not have."""
+    (checked before anything is written). Returns how many chunks the store did not have: for the
+    server's own accounting, never for the client (it would be the oracle this module avoids)."""
     with svc.db.read() as s:
         upload = _owned(s, caller, upload_id)
         if upload.state != "UPLOADING":

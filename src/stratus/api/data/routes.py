@@ -250,10 +250,11 @@ def routes(svc: Services) -> list[Route]:
             body = await read_body(request, chunked.MAX_BATCH_BYTES)
             digest = request.path_params.get("digest")
             records = [(digest, memoryview(body))] if digest else chunked.parse_chunks(body)
-            new = await run_in_threadpool(chunked.put_chunks, svc, caller, request.path_params["upload_id"], records)
+            await run_in_threadpool(chunked.put_chunks, svc, caller, request.path_params["upload_id"], records)
         except Exception as exc:
             return _error(exc, rid)
-        return _ok(rid, {"Received": len(records), "Stored": new})
+        # Not whether the store already had them: that would tell this account about another's data.
+        return _ok(rid, {"Received": len(records)})
 
     async def image_manifest(request: Request) -> Response:
         rid = str(uuid.uuid4())
