@@ -357,6 +357,18 @@ def _zero_range(fd: int, offset: int, length: int) -> None:
         os.pwrite(fd, bytes(length), offset)
 
 
+def _copy(src: int, src_offset: int, dst: int, dst_offset: int, length: int) -> None:
+    """Copy a chunk between files in the kernel (no trip through this process), else by pread/pwrite."""
+    try:
+        while length:
+            n = os.copy_file_range(src, dst, length, src_offset, dst_offset)
+            if n == 0:
+                raise OSError("copy_file_range copied nothing")
+            src_offset, dst_offset, length = src_offset + n, dst_offset + n, length - n
+    except OSError:
+        os.pwrite(dst, os.pread(src, length, src_offset), dst_offset)
+
+
 def export_chunked(ep: Endpoint, image_id: str, output: Path, fmt: str, base: Path | None) -> Transfer:
     """Write the image's system disk to ``output``: fetch only the chunks that neither an interrupted
     earlier run (``output``.part) nor ``base`` hold; convert locally unless ``fmt`` is raw."""
@@ -376,30 +388,15 @@ def export_chunked(ep: Endpoint, image_id: str, output: Path, fmt: str, base: Pa
         console.print(f"resuming {part.name}")
     from_base: dict[str, int] = {}
     if base is not None:
-        with _progress() as progress:
+        with stats.phase("hash base"), _progress() as progress:
             bar = progress.add_task(f"hash {base.name}", total=base.stat().st_size)
             base_digests = hash_chunks(base, base.stat().st_size, chunk_size, lambda n: progress.advance(bar, n))
         from_base = {d: i for i, d in reversed(list(enumerate(base_digests))) if d is not None}
-    fetch: dict[str, list[int]] = {}
     fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         os.ftruncate(fd, size)
-        base_fd = os.open(base, os.O_RDONLY) if base is not None else None
-        try:
-            for index, digest in enumerate(manifest.chunks):
-                lo, length = manifest.chunk_range(index)
-                old = have[index] if index < len(have) else None
-                if digest == old:
-                    continue
-                if digest is None:
-                    _zero_range(fd, lo, length)
-                elif digest in from_base and base_fd is not None:
-                    os.pwrite(fd, os.pread(base_fd, length, from_base[digest] * chunk_size), lo)
-                else:
-                    fetch.setdefault(digest, []).append(index)
-        finally:
-            if base_fd is not None:
-                os.close(base_fd)
+        with stats.phase("local"):
+            fetch = _fill_locally(fd, manifest, have, base, from_base)
         with stats.phase("fetch"):
             _fetch(ep, image_id, manifest, fd, fetch, stats, output.name)
         with stats.phase("fsync"):
@@ -423,6 +420,30 @@ def export_chunked(ep: Endpoint, image_id: str, output: Path, fmt: str, base: Pa
     tmp.replace(output)
     part.unlink()
     return stats
+
+
+def _fill_locally(fd: int, manifest: DiskManifest, have: list[str | None], base: Path | None,
+                  from_base: dict[str, int]) -> dict[str, list[int]]:
+    """Bring the output to the manifest where that needs no network (zero chunks become holes, chunks
+    in ``base`` are copied); returns the chunks still to fetch, by digest, with the indexes they fill."""
+    fetch: dict[str, list[int]] = {}
+    base_fd = os.open(base, os.O_RDONLY) if base is not None else None
+    try:
+        for index, digest in enumerate(manifest.chunks):
+            lo, length = manifest.chunk_range(index)
+            old = have[index] if index < len(have) else None
+            if digest == old:
+                continue
+            if digest is None:
+                _zero_range(fd, lo, length)
+            elif digest in from_base and base_fd is not None:
+                _copy(base_fd, from_base[digest] * manifest.chunk_size, fd, lo, length)
+            else:
+                fetch.setdefault(digest, []).append(index)
+    finally:
+        if base_fd is not None:
+            os.close(base_fd)
+    return fetch
 
 
 def _fetch(ep: Endpoint, image_id: str, manifest: DiskManifest, fd: int, fetch: dict[str, list[int]],
