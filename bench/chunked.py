@@ -13,7 +13,8 @@ On the test disk of bench/run.py (4 GiB virtual, ~1.2 GiB of data; --quick: 512 
 3. Re-import of the same raw file: time and chunk bytes sent (0).
 4. A new version with 64 MiB changed (64 chunks of random bytes over data): chunk bytes sent.
 5. Export to raw (CLI start to a complete sparse file), checked with ``qemu-img compare``.
-6. Export of the new version with ``--base`` the first export: chunk bytes fetched.
+6. Export of the new version with ``--base`` the first export: chunk bytes fetched, into a new file and
+   in place (``--base FILE -o FILE``: only the changed chunks are written).
 
 Bytes are the CLI's own count of chunk bytes on the wire ("chunk bytes sent/fetched: N").
 """
@@ -164,7 +165,12 @@ def main(argv: list[str] | None = None) -> int:
         out2 = work / "export2.raw"
         t, _path, err = cli("image", "export", second, "-o", str(out2), "--base", str(out))
         got = chunk_bytes(err, "fetched")
-        rows.append(("export of the new version with --base the first export", fmt_s(t), f"{t / ref:.2f}×",
+        rows.append(("export of the new version with --base the first export (into a new file)", fmt_s(t),
+                     f"{t / ref:.2f}×", f"{got / MiB:.1f} MiB fetched = {got / CHANGE:.2f}× the change", phases(err)))
+        log(rows[-1])
+        t, _path, err = cli("image", "export", second, "-o", str(out), "--base", str(out))
+        got = chunk_bytes(err, "fetched")
+        rows.append(("… the same in place (`--base FILE -o FILE`)", fmt_s(t), f"{t / ref:.2f}×",
                      f"{got / MiB:.1f} MiB fetched = {got / CHANGE:.2f}× the change", phases(err)))
         log(rows[-1])
 

@@ -91,6 +91,10 @@ def test_only_the_difference_crosses_and_only_your_own_chunks_are_skipped(server
     res = server.run("image", "export", second, "-o", str(out2), "--base", str(out), env=alice.env())
     assert sent(res, "fetched") == 2 * MiB
     assert out2.read_bytes() == v2.read_bytes()
+    # In place (`--base FILE -o FILE`): the same 2 MiB, and the file is updated rather than copied.
+    res = server.run("image", "export", second, "-o", str(out), "--base", str(out), env=alice.env())
+    assert sent(res, "fetched") == 2 * MiB
+    assert out.read_bytes() == v2.read_bytes()
     # qcow2 out, converted here: the same disk.
     out3 = tmp_path / "first.qcow2"
     server.run("image", "export", first, "-o", str(out3), "--format", "qcow2", "--chunked", env=alice.env())

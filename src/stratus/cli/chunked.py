@@ -391,7 +391,13 @@ def export_chunked(ep: Endpoint, image_id: str, output: Path, fmt: str, base: Pa
         with stats.phase("hash base"), _progress() as progress:
             bar = progress.add_task(f"hash {base.name}", total=base.stat().st_size)
             base_digests = hash_chunks(base, base.stat().st_size, chunk_size, lambda n: progress.advance(bar, n))
-        from_base = {d: i for i, d in reversed(list(enumerate(base_digests))) if d is not None}
+        if fmt == "raw" and not have and output.exists() and os.path.samefile(base, output):
+            # Updating a file in place (`--base FILE -o FILE`): it becomes the part, and only the chunks that
+            # differ are written, not a copy of the whole disk.
+            os.replace(output, part)
+            have, base = base_digests, None
+        else:
+            from_base = {d: i for i, d in reversed(list(enumerate(base_digests))) if d is not None}
     fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         os.ftruncate(fd, size)
