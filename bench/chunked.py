@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         load_end = os.getloadavg()
         lines = [
             "# Chunked import and export (bench/chunked.py)", "",
-            f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {facts.get('cpu', '?')}, "
+            f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {facts.get('cores', '?')} cores, "
             f"{facts.get('filesystem', '')}; load average {load_start[0]:.2f} → {load_end[0]:.2f} "
             "(the machine is shared: absolute times vary run to run, ratios less).", "",
             f"Disk: {sizes.virtual / MiB:.0f} MiB virtual, {data / MiB:.0f} MiB of data (bench/run.py's test disk). "
