@@ -190,6 +190,21 @@ class Upload(Base):
     writer: Mapped[str | None] = mapped_column(String(64), nullable=True)
     writer_until: Mapped[float | None] = mapped_column(Float, nullable=True)
     image_id: Mapped[str | None] = mapped_column(String(16), nullable=True)  # the import that consumed it
+    # A chunked upload (service/chunked.py): the region whose store holds its chunks, and its manifest (SMF2).
+    region: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    manifest: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+
+
+class ChunkOwner(Base):
+    """A chunk an account has sent in a chunked upload, or that was in one of its own images when it
+    imported one: what the server may tell this account it already has (never another account's chunks)."""
+
+    __tablename__ = "chunk_owners"
+
+    account_id: Mapped[str] = mapped_column(String(20), primary_key=True)
+    region: Mapped[str] = mapped_column(String(64), primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[float] = mapped_column(Float, default=now)
 
 
 class ExportObject(Base):

@@ -25,7 +25,7 @@ from sqlalchemy import ColumnElement, delete, func, select, union
 from sqlalchemy.orm import Session
 
 from stratus.catalog.db import rowcount
-from stratus.catalog.models import BaseDisk, Image, ImageDisk, Instance, InstanceDisk, Manifest, Task
+from stratus.catalog.models import BaseDisk, Image, ImageDisk, Instance, InstanceDisk, Manifest, Task, Upload
 from stratus.domain.manifest import DiskManifest
 from stratus.service.context import Services
 from stratus.service.manifests import load_manifest
@@ -152,9 +152,15 @@ def gc_cutoff(svc: Services, region: str, grace_seconds: float, now: float | Non
     oldest task still in flight, since its chunks are not in any manifest yet."""
     now = time.time() if now is None else now
     with svc.db.read() as s:
-        oldest = _oldest_task_start(s, region)
+        starts = [_oldest_task_start(s, region), _oldest_chunked_upload(s, region)]
     cutoff = now - grace_seconds
-    return min(cutoff, oldest) if oldest is not None else cutoff
+    return min([cutoff, *(t for t in starts if t is not None)])
+
+
+def _oldest_chunked_upload(s: Session, region: str) -> float | None:
+    """A chunked upload in flight holds chunks no manifest names yet (they are the import's once it runs)."""
+    return s.scalar(select(func.min(Upload.created_at)).where(
+        Upload.region == region, Upload.manifest.is_not(None), Upload.state.in_(("UPLOADING", "COMPLETE"))))
 
 
 def plan_region_gc(svc: Services, region: str, grace_seconds: float,
