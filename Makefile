@@ -28,8 +28,10 @@ $(STAMP): requirements.lock pyproject.toml
 run: deps
 	$(BIN)/stratus serve --data-dir $(DATA_DIR) --host 127.0.0.1 --port $(PORT)
 
+# ruff on everything; mypy on src/ ([tool.mypy] in pyproject.toml: every `type: ignore` has a code and a reason).
 lint: deps
 	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
 
 test: deps lint
 	bash scripts/test.sh

@@ -63,7 +63,7 @@ def _cidr(value: str) -> str:
     return value
 
 
-def _unique(what: str):  # type: ignore[no-untyped-def]
+def _unique(what: str):
     def check(items: list[Any]) -> list[Any]:
         names = [getattr(i, "name", i) for i in items]
         dupes = sorted({n for n in names if names.count(n) > 1})

@@ -45,7 +45,7 @@ class ContextFilter(logging.Filter):
 
 
 class _Json(JsonFormatter):
-    def process_log_record(self, log_record: dict) -> dict:  # type: ignore[type-arg]
+    def process_log_record(self, log_record: dict) -> dict:
         log_record.pop("context", None)  # the text form of request_id/task_id, already fields here
         return log_record
 

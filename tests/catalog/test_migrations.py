@@ -9,9 +9,17 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from stratus.catalog import migrate
-from stratus.catalog.db import open_database
+from stratus.catalog.db import Database, open_database
 from stratus.catalog.models import Base
 from tests.conftest import new_db_url
+
+
+def downgrade(db: Database, revision: str) -> None:
+    with db.write_engine.connect() as conn:
+        cfg = migrate.alembic_config()
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, revision)
+        conn.commit()
 
 
 def test_migrations_match_the_models(db_url: str) -> None:
@@ -57,13 +65,59 @@ def test_0007_converts_json_manifests_to_binary_and_back(tmp_path: Path) -> None
             body = bytes(rows[m.digest()])
             assert body.startswith(b"SMF2") and len(body) < len(m.to_json())
             assert parse_manifest(m.digest(), body) == m
-        with db.write_engine.connect() as conn:
-            cfg = migrate._config()
-            cfg.attributes["connection"] = conn
-            command.downgrade(cfg, "0006")
-            conn.commit()
+        downgrade(db, "0006")
         with db.write_engine.connect() as conn:
             rows = dict(conn.execute(sa.select(table.c.digest, table.c.body)).all())
         assert {d: bytes(b) for d, b in rows.items()} == {m.digest(): m.to_json() for m in manifests}
+    finally:
+        db.dispose()
+
+
+def test_0008_keeps_bases_as_the_host_local_and_back(tmp_path: Path, db_url: str) -> None:
+    """Bases of a catalog from before compute hosts are the single host's (`local`), in its directory as
+    before; instances are placed on `local`; the downgrade gives the rows back without a host."""
+    import sqlalchemy as sa
+
+    assert db_url  # on both databases
+    db = open_database(new_db_url(tmp_path))
+    bases = sa.table("bases", sa.column("region"), sa.column("manifest_digest"), sa.column("path"),
+                     sa.column("state"), sa.column("virtual_size"), sa.column("created_at"))
+    row = {"region": "r1", "manifest_digest": "ab" * 32, "path": "/var/host/bases/ab.raw", "state": "READY",
+           "virtual_size": 1048576, "created_at": 0.0}
+    try:
+        migrate.upgrade(db, "0007")
+        with db.write_engine.begin() as conn:
+            conn.execute(sa.insert(bases).values(**row))
+        migrate.upgrade(db)
+        with db.write_engine.connect() as conn:
+            got = conn.execute(sa.text("SELECT host, region, manifest_digest, path FROM bases")).all()
+        assert [tuple(r) for r in got] == [("local", "r1", "ab" * 32, "/var/host/bases/ab.raw")]
+        downgrade(db, "0007")
+        with db.write_engine.connect() as conn:
+            got = [dict(r._mapping) for r in conn.execute(sa.select(bases))]
+            columns = {c["name"] for c in sa.inspect(conn).get_columns("instances")}
+        assert got == [row] and "compute_host" not in columns
+    finally:
+        db.dispose()
+
+
+def test_0009_drops_the_instance_columns_nothing_wrote_and_the_downgrade_restores_them(
+        tmp_path: Path, db_url: str) -> None:
+    import sqlalchemy as sa
+
+    assert db_url  # on both databases
+    db = open_database(new_db_url(tmp_path))
+
+    def columns() -> set[str]:
+        with db.write_engine.connect() as conn:
+            return {c["name"] for c in sa.inspect(conn).get_columns("instances")}
+
+    try:
+        migrate.upgrade(db, "0008_compute_hosts")
+        assert {"vm_pid", "vm_owner"} <= columns()
+        migrate.upgrade(db, "0009_drop_unused_columns")
+        assert not {"vm_pid", "vm_owner"} & columns() and "state" in columns()
+        downgrade(db, "0008_compute_hosts")
+        assert {"vm_pid", "vm_owner"} <= columns()
     finally:
         db.dispose()

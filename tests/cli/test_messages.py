@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from stratus.disk import hostile
+from tests import hostile
 from tests.conftest import STRATUS, Account, Server, free_port, log_text
 
 MiB = 1 << 20

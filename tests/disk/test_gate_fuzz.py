@@ -1,6 +1,6 @@
 """Property-based fuzzing of the disk gate with mutated headers of real qcow2, vmdk, vhd and vhdx files.
 
-Each example takes a real image made by qemu-img (tests' disk content from stratus.disk.hostile),
+Each example takes a real image made by qemu-img (tests' disk content from tests/hostile.py),
 overwrites a few bytes of its metadata (header, tables, footers) or cuts it short, and sends it through
 the gate as an import does: `inspect_file` with the declared format, then `ingest_disk` into a real store.
 The property: the file is either refused with a reason (ImageRejected with reasons, or IngestError with a
@@ -29,11 +29,12 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from stratus.disk import hostile, qemu_img
+from stratus.disk import qemu_img
 from stratus.disk.inspect import ImageRejected, inspect_file
 from stratus.storage.dirstore import DirStore
 from stratus.storage.export import iter_raw
 from stratus.storage.ingest import IngestError, ingest_disk
+from tests import hostile
 from tests.conftest import Server
 from tests.e2e.helpers import file_server, import_request, wait_image
 

@@ -1,4 +1,4 @@
-"""The inspection gate, against real hostile files built by stratus.disk.hostile.
+"""The inspection gate, against real hostile files built by tests/hostile.py.
 
 Layer 2 and 3 checks (qemu-img info/check) are tested by switching layer 1 off for one test, so a real
 hostile file reaches real qemu-img: a layer-2 test that still passed with layer 2 removed would be vacuous,
@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 from oslo_utils.imageutils import format_inspector as fi
 
-from stratus.disk import hostile, inspect, qemu_img
+from stratus.disk import inspect, qemu_img
 from stratus.disk.inspect import ImageRejected, Inspection, inspect_file
+from tests import hostile
 
 MiB = hostile.MiB
 SIZE = 4 * MiB

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from stratus.disk import hostile, qemu_img
+from stratus.disk import qemu_img
 from stratus.disk.qemu_img import Extent, Limits, QemuImgError
+from tests import hostile
 
 SIZE = 4 * hostile.MiB
 SEED = 11

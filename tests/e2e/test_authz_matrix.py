@@ -25,7 +25,7 @@ import pytest
 from tencentcloud.common.exception.tencent_cloud_sdk_exception import TencentCloudSDKException
 
 from stratus.api.cvm.registry import ACTIONS
-from stratus.disk import hostile
+from tests import hostile
 from tests.conftest import Account, Server, wait_for
 from tests.e2e.helpers import file_server, import_request, wait_image, wait_task
 
@@ -61,6 +61,7 @@ MATRIX: dict[str, dict[str, dict[str, str]]] = {
     "DescribeZones": {"none": {"account": OK, "operator": OK}},
     "DescribeImportImageOs": {"none": {"account": OK, "operator": OK}},
     "DescribeImageQuota": {"none": {"account": OK, "operator": OK}},
+    "DescribeComputeHosts": {"none": {"account": DENIED, "operator": OK}},
     "ImportImage": {"none": {"account": OK, "operator": OK}},
     "DescribeImages": {
         "private": {"owner": "seen:PRIVATE_IMAGE", "grantee": "seen:SHARED_IMAGE", "other": HIDDEN,
@@ -246,7 +247,7 @@ def request(world: World, action: str, resource: str, caller_name: str, *, image
     acct = world.accounts
     match action:
         case "DescribeRegions" | "DescribeZones" | "DescribeImportImageOs" | "DescribeImageQuota" | \
-                "DescribeInstanceTypeConfigs":
+                "DescribeInstanceTypeConfigs" | "DescribeComputeHosts":
             return {}, GZ
         case "ImportImage":
             return {"ImageName": "matrix-dry", "ImageUrl": "http://127.0.0.2/x.raw", "OsType": "CentOS",

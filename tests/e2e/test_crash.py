@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from stratus.disk import hostile
+from tests import hostile
 from tests.conftest import Account, Server, free_port, make_server, wait_for
 from tests.e2e.helpers import describe, file_server, import_request, wait_image
 

@@ -15,7 +15,7 @@ import pytest
 from tencentcloud.common.exception.tencent_cloud_sdk_exception import TencentCloudSDKException
 from tencentcloud.cvm.v20170312 import models
 
-from stratus.disk import hostile
+from tests import hostile
 from tests.conftest import STRATUS, Account, Server, make_server, new_db_url
 from tests.e2e.helpers import describe, wait_task
 

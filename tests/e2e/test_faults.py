@@ -23,7 +23,8 @@ from sqlalchemy import select
 
 from stratus.catalog.db import open_database
 from stratus.catalog.models import Image, Task
-from stratus.disk import hostile, qemu_img
+from stratus.disk import qemu_img
+from tests import hostile
 from tests.conftest import STRATUS, Account, Server, make_server, new_db_url, wait_for
 from tests.e2e.helpers import describe, file_server, import_request, wait_image, wait_task
 from tests.e2e.test_crash import trickle_server

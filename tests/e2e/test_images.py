@@ -13,7 +13,8 @@ import pytest
 from tencentcloud.common.exception.tencent_cloud_sdk_exception import TencentCloudSDKException
 from tencentcloud.cvm.v20170312 import models
 
-from stratus.disk import hostile, qemu_img
+from stratus.disk import qemu_img
+from tests import hostile
 from tests.conftest import Account, Server
 from tests.e2e.helpers import describe, file_server, import_request, wait_image, wait_task
 

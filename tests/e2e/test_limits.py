@@ -17,9 +17,9 @@ from tencentcloud.common.exception.tencent_cloud_sdk_exception import TencentClo
 from tencentcloud.cvm.v20170312 import models
 
 from stratus.config import load_settings
-from stratus.disk import hostile
 from stratus.service.export_task import expire_exports
 from stratus.service.runtime import prepare
+from tests import hostile
 from tests.conftest import Account, Server, make_server, new_db_url
 from tests.e2e.helpers import wait_task
 from tests.e2e.test_export_races import Worker, worker_config

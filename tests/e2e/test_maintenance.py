@@ -9,10 +9,11 @@ import time
 from pathlib import Path
 
 from stratus.config import load_settings
-from stratus.disk import hostile, qemu_img
+from stratus.disk import qemu_img
 from stratus.service.maintenance import plan_region_gc, referenced_manifests
 from stratus.service.runtime import prepare
 from stratus.tasks.runner import enqueue
+from tests import hostile
 from tests.conftest import Server
 from tests.e2e.helpers import describe, wait_image
 
@@ -161,10 +162,10 @@ def test_instances_keep_what_they_stand_on_through_gc(server: Server, tmp_path: 
     assert after["LatestOperationState"] == "SUCCESS", after
     # Another host has no base file: it is rebuilt from the manifest and chunks the instance stood on.
     svc = prepare(load_settings(server.data_dir, server.config, env={**os.environ, **server.env}))
-    path = base_path(svc, "ap-guangzhou", base_digest)
+    path = base_path(svc, "ap-guangzhou", base_digest, "local")
     if path.exists():
         path.rename(path.with_name(path.name + ".moved"))
-    assert ensure_base(svc, "ap-guangzhou", base_digest) == path
+    assert ensure_base(svc, "ap-guangzhou", base_digest, "local") == path
     src_raw = tmp_path / "src.raw"
     subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(src), str(src_raw)], check=True)
     assert qemu_img.compare(src_raw, "raw", path, "raw")

@@ -13,10 +13,10 @@ import pytest
 from prometheus_client import REGISTRY
 from tencentcloud.common.exception.tencent_cloud_sdk_exception import TencentCloudSDKException
 
-from stratus.disk import hostile
 from stratus.storage.dirstore import ChunkCorrupt, DirStore
 from stratus.storage.export import export_disk
 from stratus.storage.ingest import ingest_disk
+from tests import hostile
 from tests.conftest import Server, make_server, wait_for
 from tests.e2e.helpers import file_server, import_request, wait_image
 

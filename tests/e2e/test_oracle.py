@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from stratus.disk import hostile
+from tests import hostile
 from tests.conftest import Account, Server
 from tests.e2e.helpers import catalog_task_result, describe, file_server, import_request, wait_image, wait_task
 
@@ -119,3 +119,49 @@ def test_lineage_is_shown_to_the_owner_only(server: Server, web: tuple[Path, str
     assert viewer is not None and viewer["ImageType"] == "PUBLIC_IMAGE"
     assert all(viewer[k] is None for k in LINEAGE)
     assert describe(server, ops, golden["ImageId"])["SourceUrl"] == f"{url}/{disk.name}"
+
+
+def test_a_copy_skips_only_the_chunks_its_account_could_read(server: Server, web: tuple[Path, str]) -> None:
+    """Chunks a destination store holds because of another account's copy are read from the source (verified,
+    paced) as if missing; only the account's own (or public) chunks are skipped. Seen through a damaged
+    source chunk: the copy that reads it fails, the copy that may skip it doesn't."""
+    from stratus.storage.dirstore import DirStore
+
+    directory, url = web
+    owner, other = server.account("k-owner"), server.account("k-other")
+    disk = hostile.make_test_disk(directory, "raw", 3 * MiB, seed=904)
+    mine, _ = _import(server, owner, "known", f"{url}/{disk.name}")
+    theirs, _ = _import(server, other, "known", f"{url}/{disk.name}")  # the same chunks, in one store
+
+    def sync(acct: Account, image_id: str, name: str = "known") -> dict[str, Any]:
+        resp = server.common(acct).call_json("SyncImages", {"ImageIds": [image_id], "DestinationRegions": [SH],
+                                                            "ImageName": name, "ImageSetRequired": True})["Response"]
+        [entry] = resp["ImageSet"]
+        return wait_image(server, acct, entry["ImageId"], region=SH)
+
+    assert sync(owner, mine["ImageId"])["ImageState"] == "NORMAL"  # every chunk now in the SH store
+    # Rot one chunk of the shared data in the source store, behind the service's back.
+    store = DirStore(server.data_dir / "regions" / GZ / "store")
+    victim = next(p for p in sorted(store.chunks_dir.rglob("*")) if p.is_file() and p.stat().st_size == MiB
+                  and _is_chunk_of(p, disk))
+    good = victim.read_bytes()
+    victim.chmod(0o644)
+    victim.write_bytes(b"\0" + good[1:])
+    try:
+        # The other account could not read SH's copy of these chunks: its copy reads them from the source,
+        # finds the damage, and fails, exactly as it would if SH held none of them.
+        failed = sync(other, theirs["ImageId"])
+        assert failed["ImageState"] == "CREATEFAILED" and "stratus fsck" in (failed["ImageStateReason"] or ""), failed
+        # The owner's second copy skips what it could already read in SH: the damage in GZ is never touched.
+        assert sync(owner, mine["ImageId"], "known-again")["ImageState"] == "NORMAL"
+    finally:
+        victim.write_bytes(good)
+
+
+def _is_chunk_of(chunk: Path, disk: Path) -> bool:
+    data = chunk.read_bytes()
+    with disk.open("rb") as f:
+        while block := f.read(MiB):
+            if block == data:
+                return True
+    return False

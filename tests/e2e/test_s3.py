@@ -20,7 +20,8 @@ from typing import Any
 import blake3
 import pytest
 
-from stratus.disk import hostile, qemu_img
+from stratus.disk import qemu_img
+from tests import hostile
 from tests.conftest import STRATUS, Account, Server, make_server, new_db_url, wait_for
 from tests.e2e.helpers import describe, file_server, import_request, wait_image, wait_task
 from tests.e2e.test_authz_matrix import make_accounts
@@ -184,6 +185,10 @@ def test_gc_and_fsck_on_a_bucket(s3server: Server, swift: SwiftS3, buckets: tupl
     report = json.loads(admin(s3server, "fsck", "--json").stdout)
     gz = next(r for r in report if r["Region"] == GZ)
     assert gz["Damaged"] == {} and gz["Missing"] == {}
+    # `stratus doctor` reads its sample of chunks from the bucket, not from the region's local scratch dir.
+    checks = {c["check"]: c for c in json.loads(admin(s3server, "doctor", "--json").stdout)}
+    assert checks[f"region {GZ} chunks"]["status"] == "ok", checks
+    assert checks[f"region {GZ} chunks"]["detail"].endswith("sampled chunks verify"), checks
     # Damage one chunk behind the store's back: fsck names it and the image it belongs to.
     victim = sorted(kept)[0]
     swift.client().put_object(Bucket=buckets[0], Key=f"chunks/{victim[:2]}/{victim}", Body=b"rot")

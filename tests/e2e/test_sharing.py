@@ -14,7 +14,7 @@ from tencentcloud.common.exception.tencent_cloud_sdk_exception import TencentClo
 from tencentcloud.cvm.v20170312 import models
 
 from stratus.api.cvm.registry import ACTIONS
-from stratus.disk import hostile
+from tests import hostile
 from tests.conftest import Account, Server, wait_for
 from tests.e2e.helpers import catalog_task_result, describe, file_server, import_request, wait_image, wait_task
 from tests.e2e.test_authz_matrix import make_accounts  # accounts in-process: one CLI process each costs seconds

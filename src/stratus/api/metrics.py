@@ -30,15 +30,13 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, g
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stratus import logs
-from stratus.catalog.models import Task
+from stratus.service import maintenance
 from stratus.service.context import Services
-from stratus.storage.dirstore import DirStore
 
 access_log = logging.getLogger("stratus.access")
 
@@ -133,9 +131,7 @@ class TaskCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily("stratus_tasks", "Tasks in the catalog by kind and state",
                                    labels=["kind", "state"])
-        with self.svc.db.read() as s:
-            rows = s.execute(select(Task.kind, Task.state, func.count()).group_by(Task.kind, Task.state)).all()
-        for kind, state, count in rows:
+        for kind, state, count in maintenance.task_counts(self.svc):
             family.add_metric([kind, state], count)
         yield family
 
@@ -176,7 +172,7 @@ class StoreCollector(Collector):
     def _walk(self, region: str) -> None:
         walk = self._walks[region]
         try:
-            stats = DirStore(self.svc.region(region).store_path).stats()
+            stats = maintenance.store_dir_stats(self.svc, region)
             walk.chunks, walk.bytes, walk.finished_at = stats.chunks, stats.bytes, time.monotonic()
         except Exception:
             logging.getLogger(__name__).exception("walking the %s store for /metrics failed", region)
@@ -208,7 +204,7 @@ class StoreCollector(Collector):
         yield from (size, chunks, age, free)
 
 
-def make_metrics_endpoint(svc: Services):  # type: ignore[no-untyped-def]
+def make_metrics_endpoint(svc: Services):
     """The `/metrics` endpoint, readable from the networks in `metrics.allow` only."""
     allow = svc.settings.metrics.allow
     registry = CollectorRegistry(auto_describe=False)

@@ -12,14 +12,14 @@ from stratus.catalog.db import Database
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
-def _config() -> Config:
+def alembic_config() -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     return cfg
 
 
 def upgrade(db: Database, revision: str = "head") -> None:
-    cfg = _config()
+    cfg = alembic_config()
     with db.write_engine.connect() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
@@ -39,7 +39,7 @@ def analyze(db: Database) -> None:
 
 def revision(db: Database, message: str) -> None:
     """Developer helper: autogenerate a new migration against an up-to-date database."""
-    cfg = _config()
+    cfg = alembic_config()
     with db.write_engine.connect() as conn:
         cfg.attributes["connection"] = conn
         command.revision(cfg, message=message, autogenerate=True)

@@ -164,6 +164,8 @@ class Task(Base):
     released: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
     lease_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The compute host that must run it (an instance's tasks); None: any worker may.
+    host: Mapped[str | None] = mapped_column(String(64), nullable=True)
     started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[float] = mapped_column(Float, default=now)
     updated_at: Mapped[float] = mapped_column(Float, default=now, onupdate=now)
@@ -188,6 +190,21 @@ class Upload(Base):
     writer: Mapped[str | None] = mapped_column(String(64), nullable=True)
     writer_until: Mapped[float | None] = mapped_column(Float, nullable=True)
     image_id: Mapped[str | None] = mapped_column(String(16), nullable=True)  # the import that consumed it
+    # A chunked upload (service/chunked.py): the region whose store holds its chunks, and its manifest (SMF2).
+    region: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    manifest: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+
+
+class ChunkOwner(Base):
+    """A chunk an account has sent in a chunked upload, or that was in one of its own images when it
+    imported one: what the server may tell this account it already has (never another account's chunks)."""
+
+    __tablename__ = "chunk_owners"
+
+    account_id: Mapped[str] = mapped_column(String(20), primary_key=True)
+    region: Mapped[str] = mapped_column(String(64), primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[float] = mapped_column(Float, default=now)
 
 
 class ExportObject(Base):
@@ -223,13 +240,13 @@ class Instance(Base):
     state_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     driver: Mapped[str] = mapped_column(String(16), default="disk")
     user_data: Mapped[str | None] = mapped_column(Text, nullable=True)
-    host_name: Mapped[str] = mapped_column(String(64), default="")
+    host_name: Mapped[str] = mapped_column(String(64), default="")  # the guest's hostname (contract HostName)
+    # The compute host it was placed on (service/hosts.py); every task of the instance runs there.
+    compute_host: Mapped[str] = mapped_column(String(64), default="local", server_default="local", index=True)
     latest_operation: Mapped[str | None] = mapped_column(String(64), nullable=True)
     latest_operation_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
     latest_operation_request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     latest_operation_error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    vm_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    vm_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the process supervising the VM
     created_at: Mapped[float] = mapped_column(Float, default=now)
     updated_at: Mapped[float] = mapped_column(Float, default=now, onupdate=now)
 
@@ -280,11 +297,12 @@ class RunRequest(Base):
 
 
 class BaseDisk(Base):
-    """An image disk materialized once per region host as an immutable sparse raw file, shared by every
-    instance disk made from it. Keyed by manifest digest: identical disks share one base."""
+    """An image disk materialized once per compute host and region as an immutable sparse raw file, shared
+    by every instance disk made from it on that host. Keyed by manifest digest: identical disks share one base."""
 
     __tablename__ = "bases"
 
+    host: Mapped[str] = mapped_column(String(64), primary_key=True)
     region: Mapped[str] = mapped_column(String(64), primary_key=True)
     manifest_digest: Mapped[str] = mapped_column(String(64), primary_key=True)
     path: Mapped[str] = mapped_column(Text)
@@ -293,3 +311,18 @@ class BaseDisk(Base):
     builder: Mapped[str | None] = mapped_column(String(64), nullable=True)
     build_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class Host(Base):
+    """A compute host: a worker started with `--host NAME` (or `local`, the single-process server). It is
+    up while its heartbeat is fresh (service/hosts.py); instances are placed only on hosts that are up."""
+
+    __tablename__ = "hosts"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    regions: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of the regions it serves
+    compute: Mapped[str] = mapped_column(String(16), default="")  # disk | qemu; "": each region's setting
+    capacity_instances: Mapped[int] = mapped_column(Integer, default=0)  # 0: no limit
+    process: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the last process to heartbeat
+    started_at: Mapped[float] = mapped_column(Float, default=now)
+    heartbeat_at: Mapped[float] = mapped_column(Float, default=now)

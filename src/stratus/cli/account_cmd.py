@@ -60,7 +60,7 @@ def list_(data_dir: str = DataDirOpt, config: str = ConfigOpt, json_out: bool = 
         print_json(rows)
         return
     table(["AccountId", "Name", "Operator", "Keys"],
-          [[r["AccountId"], r["Name"], "yes" if r["Operator"] else "", ",".join(r["Keys"])] for r in rows])  # type: ignore[arg-type]
+          [[r["AccountId"], r["Name"], "yes" if r["Operator"] else "", ",".join(r["Keys"])] for r in rows])
 
 
 key_app = typer.Typer(help="Add and revoke API keys.", no_args_is_help=True)

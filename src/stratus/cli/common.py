@@ -157,7 +157,7 @@ HINTS = {
 }
 
 
-def sdk_errors(fn):  # type: ignore[no-untyped-def]
+def sdk_errors(fn):
     """Turn an SDK exception into a readable message: exit 1 when the server refused, 5 when it can't be
     reached."""
     import functools
@@ -165,7 +165,7 @@ def sdk_errors(fn):  # type: ignore[no-untyped-def]
     from tencentcloud.common.exception.tencent_cloud_sdk_exception import TencentCloudSDKException
 
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except TencentCloudSDKException as exc:
@@ -184,9 +184,9 @@ def sdk_errors(fn):  # type: ignore[no-untyped-def]
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
     """Rows on stdout: a table on a terminal (ids never cut short), plain tab-separated lines otherwise."""
-    rows = [["" if v is None else str(v) for v in row] for row in rows]
+    cells = [["" if v is None else str(v) for v in row] for row in rows]
     if not out.is_terminal:
-        for row in rows:
+        for row in cells:
             sys.stdout.write("\t".join(row) + "\n")
         return
     from rich.table import Table
@@ -197,7 +197,7 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
         if header.endswith("Id") or header.endswith("Ids") or header == "Keys":
             # An id is copied whole or it is useless: never wrapped, cut or ellipsized, whatever the width.
             column.no_wrap, column.overflow = True, "ignore"
-            column.min_width = max([len(header), *(len(r[headers.index(header)]) for r in rows)])
-    for row in rows:
+            column.min_width = max([len(header), *(len(r[headers.index(header)]) for r in cells)])
+    for row in cells:
         t.add_row(*row)
     out.print(t, crop=False)

@@ -28,7 +28,7 @@ DEMO_IMAGE = "stratus-tiny-linux"
 DEMO_ACCOUNT = "stratus-demo"
 
 
-def _operator_key(svc) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+def _operator_key(svc) -> tuple[str, str]:
     from stratus.service.accounts import AccountError, add_key, create_account, list_accounts
 
     existing = next((a for a in list_accounts(svc) if a["Name"] == DEMO_ACCOUNT), None)

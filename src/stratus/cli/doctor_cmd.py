@@ -24,7 +24,8 @@ import typer
 from rich.markup import escape
 
 from stratus.cli.common import ConfigOpt, DataDirOpt, JsonOpt, out, print_json
-from stratus.config import Settings
+from stratus.config import Region, Settings
+from stratus.domain.units import human_bytes
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -44,14 +45,6 @@ class Check:
     fix: str = ""
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n} B"
-
-
 def check_config(data_dir: str | None, config: str | None) -> tuple[Check, Settings | None]:
     from stratus.config import load_settings
 
@@ -68,7 +61,7 @@ def check_catalog(cfg: Settings) -> Check:
     from alembic.script import ScriptDirectory
 
     from stratus.catalog.db import open_database
-    from stratus.catalog.migrate import _config
+    from stratus.catalog.migrate import alembic_config
 
     url = cfg.database_url
     shown = url.split("@")[-1]
@@ -77,7 +70,7 @@ def check_catalog(cfg: Settings) -> Check:
         if not path.exists():
             return Check("catalog", "fail", f"no catalog at {path}",
                          "run `stratus serve` once (it creates and migrates the catalog), or fix database_url")
-    head = ScriptDirectory.from_config(_config()).get_current_head()
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     try:
         db = open_database(url)
     except Exception as exc:
@@ -116,7 +109,7 @@ def check_dir(name: str, path: Path, what: str) -> list[Check]:
 def check_free(name: str, path: Path) -> Check:
     usage = shutil.disk_usage(path)
     free, frac = usage.free, usage.free / usage.total if usage.total else 0.0
-    detail = f"{_human(free)} free of {_human(usage.total)} ({frac:.0%}) at {path}"
+    detail = f"{human_bytes(free)} free of {human_bytes(usage.total)} ({frac:.0%}) at {path}"
     fix = "free space or move this directory to a larger filesystem (imports, exports and copies need room)"
     if free < FAIL_FREE_BYTES or frac < FAIL_FREE_FRACTION:
         return Check(name, "fail", detail, fix)
@@ -153,24 +146,35 @@ def sample_chunks(store_path: Path, n: int, rnd: random.Random) -> list[str]:
     return found
 
 
-def check_chunks(region: str, store_path: Path) -> Check:
-    from stratus.storage.dirstore import ChunkMissing, DirStore
+def check_chunks(region: Region, cfg: Settings) -> Check:
+    """Read back a random sample of the region's chunks (a directory store) or its first ones (S3)."""
+    from itertools import islice
 
-    name = f"region {region} chunks"
-    digests = sample_chunks(store_path, SAMPLE_CHUNKS, random.Random())
+    from stratus.service.context import open_store
+    from stratus.storage.chunkstore import ChunkMissing, StoreUnavailable
+
+    name = f"region {region.name} chunks"
+    store = open_store(region, cfg)
+    try:
+        if region.store.type == "s3":
+            store.check()
+            digests = [info.digest for info in islice(store.iter_chunks(), SAMPLE_CHUNKS)]
+        else:
+            digests = sample_chunks(region.store_path, SAMPLE_CHUNKS, random.Random())
+    except StoreUnavailable as exc:
+        return Check(name, "fail", str(exc), "start the object store or fix the region's `store` table")
     if not digests:
         return Check(name, "ok", "the store holds no chunks yet")
-    store = DirStore(store_path)
     bad = []
     for digest in digests:
         try:
             if not store.verify(digest):
                 bad.append(digest)
-        except (ChunkMissing, OSError):
+        except (ChunkMissing, StoreUnavailable, OSError):
             bad.append(digest)
     if bad:
         return Check(name, "fail", f"{len(bad)} of {len(digests)} sampled chunks don't match their names "
-                     f"(first: {bad[0]})", f"run `stratus fsck --region {region}` to find the images they break")
+                     f"(first: {bad[0]})", f"run `stratus fsck --region {region.name}` to find the images they break")
     return Check(name, "ok", f"{len(digests)} sampled chunks verify")
 
 
@@ -215,13 +219,16 @@ def run_checks(data_dir: str | None, config: str | None) -> list[Check]:
         dirs += [(f"region {region.name} store", region.store_path, f"regions.{region.name}.store"),
                  (f"region {region.name} host", region.host_path, f"regions.{region.name}.host")]
     filesystems: dict[int, list[str]] = {}  # free space once per filesystem, naming what lives on it
+    usable: set[Path] = set()
     for name, path, what in dirs:
         found = check_dir(name, path, what)
         checks += found
         if found[0].status == "ok":
+            usable.add(path)
             filesystems.setdefault(path.stat().st_dev, []).append(str(path))
-            if name.endswith(" store"):
-                checks.append(check_chunks(name.split()[1], path))
+    for region in cfg.regions:  # an S3 store's local directory is scratch space only: its chunks are in the bucket
+        if region.store.type == "s3" or region.store_path in usable:
+            checks.append(check_chunks(region, cfg))
     for paths in filesystems.values():
         checks.append(check_free("free space", Path(paths[0])))
         if len(paths) > 1:

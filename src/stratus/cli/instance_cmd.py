@@ -130,7 +130,7 @@ def show(instance_id: str, endpoint: str = EndpointOpt, region: str = RegionOpt,
     print_json(found[0])
 
 
-def _change(action: str, verb: str, settled: set[str]):  # type: ignore[no-untyped-def]
+def _change(action: str, verb: str, settled: set[str]):
     @sdk_errors
     def command(
         instance_ids: list[str],

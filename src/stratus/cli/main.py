@@ -7,7 +7,7 @@ from typing import Any
 import typer
 from typer import core as typer_core
 
-from stratus.cli import account_cmd, demo_cmd, doctor_cmd, image_cmd, instance_cmd, serve_cmd, store_cmd
+from stratus.cli import account_cmd, demo_cmd, doctor_cmd, host_cmd, image_cmd, instance_cmd, serve_cmd, store_cmd
 from stratus.cli.common import EXIT_CODES
 
 
@@ -29,6 +29,7 @@ def _tidy_help() -> None:
         name = name if self.required else f"[{name}]"
         return name + ("..." if self.nargs != 1 else "")
 
+    # Patching typer's help rendering in place (no hook for it): mypy forbids assigning to methods.
     typer_core.TyperOption.display_type_rich = option_type  # type: ignore[method-assign]
     typer_core.TyperArgument.display_type_rich = lambda self, ctx: None  # type: ignore[method-assign]
     typer_core.TyperArgument._usage_display_name = argument_usage  # type: ignore[method-assign]
@@ -52,6 +53,7 @@ app.command("demo")(demo_cmd.demo)
 image_cmd.app.command("create")(instance_cmd.create_image)
 app.add_typer(image_cmd.app, name="image")
 app.add_typer(instance_cmd.app, name="instance")
+app.add_typer(host_cmd.app, name="host")
 app.command("fsck")(store_cmd.fsck)
 app.command("gc")(store_cmd.gc)
 app.command("doctor")(doctor_cmd.doctor)

@@ -24,11 +24,11 @@ def _setup_logs(level: str, fmt: str | None) -> str:
     if fmt not in (None, "json", "text"):
         die(f"--log-format must be json or text, not {fmt!r}")
     fmt = fmt or logs.default_format(sys.stderr)
-    logs.setup(level, fmt)  # type: ignore[arg-type]
+    logs.setup(level, fmt)  # type: ignore[arg-type]  # checked above: "json" or "text", the LogFormat literals
     return fmt
 
 
-def _ready(cfg: Settings):  # type: ignore[no-untyped-def]
+def _ready(cfg: Settings):
     """The service, its catalog migrated and its stores checked: an S3 store that doesn't answer or whose
     bucket is missing stops the start with one line naming region, endpoint and bucket."""
     from stratus.service.runtime import prepare
@@ -116,20 +116,34 @@ def worker(
     metrics_port: int = typer.Option(0, "--metrics-port", help="Serve this process's counters (bytes "
                                      "ingested, exported, copied; chunk verify failures) at "
                                      "http://127.0.0.1:PORT/metrics; 0: don't."),
+    host: str = typer.Option("local", "--host", help="Be the compute host NAME: instances placed on it run "
+                             "here (its own directory under each region's host dir); `local` is the "
+                             "single-machine host `stratus serve` is."),
+    compute: str = typer.Option("", "--compute", help="disk or qemu, for the instances placed on this host "
+                                "(default: each region's `compute`)."),
+    capacity_instances: int = typer.Option(0, "--capacity-instances", min=0, help="At most N instances on this "
+                                           "host; 0: no limit."),
 ) -> None:
-    """Run task workers only (beside `stratus serve --no-workers`)."""
+    """Run task workers only (beside `stratus serve --no-workers`), as a compute host."""
     import signal
     import threading
 
+    from stratus.service.hosts import check_name
     from stratus.service.runtime import start_workers
 
+    try:
+        check_name(host)
+    except ValueError as exc:
+        die(f"--host: {exc}")
+    if compute not in ("", "disk", "qemu"):
+        die(f"--compute must be disk or qemu, not {compute!r}")
     _setup_logs(log_level, log_format)
     svc = _ready(settings(data_dir, config))
     if metrics_port:
         from prometheus_client import start_http_server
 
         start_http_server(metrics_port, addr="127.0.0.1")
-    runner = start_workers(svc)
+    runner = start_workers(svc, host, compute=compute, capacity=capacity_instances)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 from stratus.cli.common import EXIT_DAMAGED, ConfigOpt, DataDirOpt, JsonOpt, admin_services, out, print_json
@@ -9,7 +11,7 @@ from stratus.cli.common import EXIT_DAMAGED, ConfigOpt, DataDirOpt, JsonOpt, adm
 RegionsOpt = typer.Option(None, "--region", help="Only this region (repeatable); default all.")
 
 
-def _regions(svc, only: list[str] | None) -> list[str]:  # type: ignore[no-untyped-def]
+def _regions(svc, only: list[str] | None) -> list[str]:
     names = [r.name for r in svc.settings.regions]
     return [n for n in names if not only or n in only]
 
@@ -66,7 +68,7 @@ def gc(
     results = []
     for name in _regions(svc, region):
         done = gc_region(svc, name, grace_s, dry_run=dry_run)
-        entry = {"Region": name, "Plan": done.lines}
+        entry: dict[str, Any] = {"Region": name, "Plan": done.lines}
         if not dry_run:
             entry["Deleted"] = done.deleted
             entry["ReclaimedBytes"] = done.deleted_bytes

@@ -51,7 +51,7 @@ class _SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-async def _to_console(request):  # type: ignore[no-untyped-def]
+async def _to_console(request):
     return RedirectResponse("/console/", status_code=308)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -40,14 +41,14 @@ def create_account(svc: Services, name: str, *, operator: bool = False) -> Crede
     return Credentials(account_id, key.secret_id, key.secret_key)
 
 
-def _find(s, ref: str) -> Account:  # type: ignore[no-untyped-def]
+def _find(s, ref: str) -> Account:
     account = s.get(Account, ref) or s.scalar(select(Account).where(Account.name == ref))
     if account is None:
         raise AccountError(f"no account {ref!r}; `stratus account list` shows the accounts")
     return account
 
 
-def list_accounts(svc: Services) -> list[dict[str, object]]:
+def list_accounts(svc: Services) -> list[dict[str, Any]]:
     with svc.db.read() as s:
         rows = s.scalars(select(Account).order_by(Account.created_at)).all()
         return [

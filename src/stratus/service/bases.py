@@ -1,7 +1,9 @@
-"""Bases: image disks materialized once per region host, shared by every instance disk made from them.
+"""Bases: image disks materialized once per compute host and region, shared by every instance disk made
+from them on that host.
 
-A base is an immutable sparse raw file named by its manifest digest (`host/bases/<digest>.raw`), so
-two images with the same disk content share one base. Deleting an image never breaks an instance: its
+A base is an immutable sparse raw file named by its manifest digest (`<host dir>/bases/<digest>.raw`, the
+host dir from service/hosts.py), read from the region's store, so two images with the same disk content
+share one base on a host. Deleting an image never breaks an instance: its
 overlays keep the base alive; a base is removed once no image and no instance disk needs it.
 """
 
@@ -16,30 +18,32 @@ from sqlalchemy import select
 
 from stratus.catalog.models import BaseDisk, Image, ImageDisk, Instance, InstanceDisk
 from stratus.service.context import Services
+from stratus.service.hosts import host_dir
 from stratus.service.manifests import load_manifest
 from stratus.storage.export import materialize_raw
 
 BUILD_LEASE_SECONDS = 120.0
 
 
-def bases_dir(svc: Services, region: str) -> Path:
-    return svc.region(region).host_path / "bases"
+def bases_dir(svc: Services, region: str, host: str) -> Path:
+    return host_dir(svc, region, host) / "bases"
 
 
-def base_path(svc: Services, region: str, digest: str) -> Path:
-    return bases_dir(svc, region) / f"{digest}.raw"
+def base_path(svc: Services, region: str, digest: str, host: str) -> Path:
+    return bases_dir(svc, region, host) / f"{digest}.raw"
 
 
-def ensure_base(svc: Services, region: str, digest: str, *, timeout: float = 3600.0) -> Path:
+def ensure_base(svc: Services, region: str, digest: str, host: str, *, timeout: float = 3600.0) -> Path:
     """The base file for a manifest, materializing it if no one has. Concurrent callers wait for the
     one that builds it; a builder that died (its lease ran out) is replaced."""
-    path = base_path(svc, region, digest)
+    path = base_path(svc, region, digest, host)
     me = uuid.uuid4().hex
     deadline = time.time() + timeout
     while True:
         now = time.time()
         with svc.db.write() as s:
-            q = select(BaseDisk).where(BaseDisk.region == region, BaseDisk.manifest_digest == digest)
+            q = select(BaseDisk).where(BaseDisk.host == host, BaseDisk.region == region,
+                                       BaseDisk.manifest_digest == digest)
             if svc.db.is_postgresql:
                 q = q.with_for_update()
             row = s.scalars(q).first()
@@ -47,7 +51,7 @@ def ensure_base(svc: Services, region: str, digest: str, *, timeout: float = 360
                 return path
             if row is None or row.state == "READY" or (row.build_expires_at or 0) < now:
                 if row is None:
-                    row = BaseDisk(region=region, manifest_digest=digest, path=str(path))
+                    row = BaseDisk(host=host, region=region, manifest_digest=digest, path=str(path))
                     s.add(row)
                 row.state, row.builder, row.build_expires_at = "BUILDING", me, now + BUILD_LEASE_SECONDS
                 break
@@ -63,7 +67,7 @@ def ensure_base(svc: Services, region: str, digest: str, *, timeout: float = 360
         if time.monotonic() - last[0] > BUILD_LEASE_SECONDS / 4:
             last[0] = time.monotonic()
             with svc.db.write() as s:
-                row = s.get(BaseDisk, (region, digest))
+                row = s.get(BaseDisk, (host, region, digest))
                 if row is not None and row.builder == me:
                     row.build_expires_at = time.time() + BUILD_LEASE_SECONDS
 
@@ -74,14 +78,14 @@ def ensure_base(svc: Services, region: str, digest: str, *, timeout: float = 360
     except BaseException:
         tmp.unlink(missing_ok=True)
         with svc.db.write() as s:
-            row = s.get(BaseDisk, (region, digest))
+            row = s.get(BaseDisk, (host, region, digest))
             if row is not None and row.builder == me:
                 s.delete(row)
         raise
     with svc.db.write() as s:
-        row = s.get(BaseDisk, (region, digest))
+        row = s.get(BaseDisk, (host, region, digest))
         if row is None:
-            row = BaseDisk(region=region, manifest_digest=digest, path=str(path))
+            row = BaseDisk(host=host, region=region, manifest_digest=digest, path=str(path))
             s.add(row)
         row.state, row.builder, row.build_expires_at = "READY", None, None
         row.virtual_size = manifest.virtual_size
@@ -89,7 +93,9 @@ def ensure_base(svc: Services, region: str, digest: str, *, timeout: float = 360
 
 
 def release_unused_bases(svc: Services, region: str) -> list[str]:
-    """Remove the bases no image disk and no instance disk of the region refers to."""
+    """Remove the bases (of every host) no image disk and no instance disk of the region refers to. A
+    base row names its file by absolute path: hosts sharing this machine lose theirs too; a host on
+    another machine keeps the file until its directory is cleaned by hand (rows are what count)."""
     removed = []
     with svc.db.write() as s:
         image_refs = select(ImageDisk.manifest_digest).join(Image).where(

@@ -31,11 +31,11 @@ from stratus.service.images import (
     validate_name,
 )
 from stratus.service.instance_tasks import vm_spec
-from stratus.service.instances import GiB, check_operable, get_owned, instance_dir
+from stratus.service.instances import GiB, check_operable, get_owned, workdir
 from stratus.service.limits import check_tasks
 from stratus.service.manifests import load_manifest, record_manifest
 from stratus.storage.capture import capture_disk
-from stratus.tasks.runner import TaskContext, enqueue
+from stratus.tasks.runner import TaskContext, TaskFailed, enqueue
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def create_image(
             check_tasks(svc, s, caller.account_id)  # limits.tasks_per_account
             enqueue(s, "capture", {"instance_id": inst.id, "disk_ids": [d.id for d in chosen],
                                    "force_poweroff": force_poweroff},
-                    account_id=caller.account_id, region=region, image_id=image_id)
+                    account_id=caller.account_id, region=region, image_id=image_id, host=inst.compute_host)
     except DryRunPassed:
         return None
     svc.on_task_queued()
@@ -132,25 +132,25 @@ class CaptureHandler:
             inst = s.scalars(select(Instance).where(Instance.id == ctx.payload["instance_id"])
                              .options(selectinload(Instance.disks))).first()
         if inst is None:
-            raise CaptureFailed(f"the instance {ctx.payload['instance_id']} is gone")
+            raise TaskFailed(f"the instance {ctx.payload['instance_id']} is gone")
         disks = {d.id: d for d in inst.disks}
         driver = get_driver(inst.driver)
-        workdir = instance_dir(svc, region, inst.id)
-        vm = inst.driver != "disk" and driver.is_running(inst.id, workdir)
+        wdir = workdir(svc, inst)
+        vm = inst.driver != "disk" and driver.is_running(inst.id, wdir)
         force = bool(ctx.payload.get("force_poweroff"))
         results: dict[str, Any] = {}
         if vm:
             if force:
-                driver.stop(inst.id, workdir, force=True)
+                driver.stop(inst.id, wdir, force=True)
             else:
-                driver.pause(inst.id, workdir)
+                driver.pause(inst.id, wdir)
         try:
             store = svc.store(region)
             total = len(ctx.payload["disk_ids"])
             for n, disk_id in enumerate(ctx.payload["disk_ids"]):
                 disk = disks.get(disk_id)
                 if disk is None:
-                    raise CaptureFailed(f"the disk {disk_id} is no longer attached to {inst.id}")
+                    raise TaskFailed(f"the disk {disk_id} is no longer attached to {inst.id}")
                 ctx.report("capture", 100.0 * n / total, force=True)
                 base = load_manifest(svc, region, disk.base_manifest) if disk.base_manifest else None
                 with overlays.changed_extents(Path(disk.path)) as extents:
@@ -170,7 +170,7 @@ class CaptureHandler:
                     if force:
                         driver.start(vm_spec(svc, inst))
                     else:
-                        driver.resume(inst.id, workdir)
+                        driver.resume(inst.id, wdir)
                 except Exception:
                     log.exception("restarting %s after the capture", inst.id)
         with ctx.fenced() as s:
@@ -187,11 +187,3 @@ class CaptureHandler:
                 set_image_state(s, ctx.image_id, ImageState.CREATEFAILED, reason=reason)
             s.execute(update(Instance).where(Instance.id == ctx.payload["instance_id"])
                       .values(latest_operation_state="FAILED", latest_operation_error=reason))
-
-
-class CaptureFailed(Exception):
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-

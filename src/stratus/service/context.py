@@ -14,6 +14,20 @@ from stratus.storage.chunkstore import ChunkStore
 from stratus.storage.dirstore import DirStore
 
 
+def open_store(region: Region, settings: Settings, quiet: Callable[[float], bool] | None = None) -> ChunkStore:
+    """A region's chunk store as its configuration says (``store = {type = "dir" | "s3"}``); `quiet` tells an
+    S3 store's garbage collection whether the region saw no ingest since a time."""
+    spec = region.store
+    if spec.type != "s3":
+        return DirStore(region.store_path)
+    from stratus.storage.s3store import S3Store  # boto3 loads only where a region uses S3
+
+    assert spec.bucket
+    return S3Store(bucket=spec.bucket, endpoint_url=spec.endpoint_url, prefix=spec.prefix,
+                   scratch_dir=region.store_path / "tmp", retry_seconds=settings.limits.store_retry_seconds,
+                   quiet=quiet)
+
+
 @dataclass(frozen=True)
 class Caller:
     """An authenticated account."""
@@ -54,17 +68,9 @@ class Services:
             return store
 
     def _open_store(self, region: Region) -> ChunkStore:
-        spec = region.store
-        if spec.type != "s3":
-            return DirStore(region.store_path)
-        from stratus.storage.s3store import S3Store  # boto3 loads only where a region uses S3
+        return open_store(region, self.settings, quiet=lambda since: self.region_quiet(region.name, since))
 
-        assert spec.bucket
-        return S3Store(bucket=spec.bucket, endpoint_url=spec.endpoint_url, prefix=spec.prefix,
-                       scratch_dir=region.store_path / "tmp", retry_seconds=self.settings.limits.store_retry_seconds,
-                       quiet=lambda since: self.region_quiet(region.name, since))
-
-    def export_objects(self, region: str, bucket: str):  # type: ignore[no-untyped-def]
+    def export_objects(self, region: str, bucket: str):
         """The S3Objects of an export bucket kept in S3, None for a directory bucket."""
         spec = self.region(region).bucket(bucket)
         if spec is None or spec.s3 is None:
@@ -103,12 +109,15 @@ class Services:
         from stratus.storage.chunkstore import StoreUnavailable
 
         for region in self.settings.regions:
-            checks = [(region.store, lambda r=region: self.store(r.name).check())] if region.store.type == "s3" else []
-            checks += [(b.s3, lambda r=region, b=b: self.export_objects(r.name, b.name).check())
-                       for b in region.buckets if b.s3 is not None]
-            for spec, check in checks:
+            # (spec, export bucket name or None for the chunk store); each made and checked inside the try
+            checks: list[tuple[Any, str | None]] = [(region.store, None)] if region.store.type == "s3" else []
+            checks += [(b.s3, b.name) for b in region.buckets if b.s3 is not None]
+            for spec, bucket in checks:
                 try:
-                    check()
+                    if bucket is None:
+                        self.store(region.name).check()
+                    else:
+                        self.export_objects(region.name, bucket).check()
                 except StoreUnavailable as exc:
                     raise StoreUnavailable(
                         f"region {region.name}: the S3 store at {spec.endpoint_url or 'AWS'} bucket "

@@ -17,9 +17,10 @@ from sqlalchemy import and_, exists, false, func, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
+from stratus.catalog.db import rowcount
 from stratus.catalog.models import Account, ExportObject, Image, ImageDisk, ImageShare, ImageTag, Task, Upload
-from stratus.domain import errors, ids, os_catalog
-from stratus.domain.states import BUSY_STATES, ImageSource, ImageState, ImageType
+from stratus.domain import errors, ids, os_catalog, tags
+from stratus.domain.states import BUSY_STATES, ImageSource, ImageState, ImageType, check_image
 from stratus.service.context import Caller, Services
 from stratus.service.limits import check_tasks, lock_account
 from stratus.tasks.runner import enqueue
@@ -147,7 +148,7 @@ def _filter_clause(caller: Caller, name: str, values: list[str]) -> Any:
         return Image.id.in_(values)
     if name == "image-type":
         shared = select(ImageShare.image_id).where(ImageShare.account_id == caller.account_id)
-        clauses = []
+        clauses: list[Any] = []
         for v in values:
             if v == ImageType.PUBLIC:
                 clauses.append(Image.is_public)
@@ -353,20 +354,8 @@ def validate_family(family: str | None) -> str:
 
 
 def validate_tags(tag_specs: list[dict[str, Any]] | None) -> list[tuple[str, str]]:
-    tags: dict[str, str] = {}
-    for spec in tag_specs or []:
-        if spec.get("ResourceType") != "image":
-            raise errors.InvalidParameterValue(
-                detail=f"TagSpecification.ResourceType must be 'image' here, not {spec.get('ResourceType')!r}."
-            )
-        for tag in spec.get("Tags") or []:
-            key, value = tag.get("Key"), tag.get("Value", "")
-            if not key or len(key) > 127 or len(value or "") > 255:
-                raise errors.IllegalTagKey(key=key)
-            tags[key] = value or ""
-    if len(tags) > 50:
-        raise errors.InvalidParameterValueLimitExceeded(detail="At most 50 tags per image.")
-    return sorted(tags.items())
+    """The tags of a new image: TagSpecification entries must be for ResourceType 'image'."""
+    return tags.from_specs(tag_specs, ("image",), noun="image", refuse_others=True)
 
 
 def _commit_or_duplicate(s: Session, name: str, region: str) -> None:
@@ -415,10 +404,10 @@ def _check_source_url(svc: Services, s: Session, caller: Caller, url: str, force
 def _consume_upload(s: Session, upload_id: str, image_id: str) -> None:
     """Compare-and-set COMPLETE → CONSUMED: of two imports naming one upload (or one import naming it twice),
     exactly one gets it. On PostgreSQL the loser's UPDATE waits for the winner's row lock, then matches nothing."""
-    taken = s.execute(
+    taken = rowcount(s.execute(
         update(Upload).where(Upload.id == upload_id, Upload.state == "COMPLETE")
         .values(state="CONSUMED", image_id=image_id).execution_options(synchronize_session=False)
-    ).rowcount
+    ))
     if taken != 1:
         raise errors.InvalidParameterUrlError(
             detail=f"Upload {upload_id} is already being imported (or named twice in this request); an upload is "
@@ -780,8 +769,15 @@ def export_objects_of(svc: Services, task_ids: Iterable[int]) -> dict[int, list[
     return out
 
 
-def set_image_state(s: Session, image_id: str, state: ImageState, *, reason: str | None = None,
+def set_image_state(s: Session, image_id: str | None, state: ImageState, *, reason: str | None = None,
                     progress: float | None = None) -> None:
+    """Move an image along the state machine (IllegalTransition if it can't go there). An image deleted
+    meanwhile has no state to change."""
+    assert image_id is not None, "an image task without an image"
+    old = s.scalar(select(Image.state).where(Image.id == image_id))
+    if old is None:
+        return
+    check_image(old, state)
     values: dict[str, Any] = {"state": state, "state_reason": reason, "updated_at": time.time()}
     if progress is not None:
         values["progress"] = progress

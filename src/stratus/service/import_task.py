@@ -22,14 +22,15 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from stratus.catalog.models import Image, ImageDisk, Upload
-from stratus.disk.inspect import inspect_file
+from stratus.disk.inspect import Inspection, inspect_file
 from stratus.domain.states import ImageState
+from stratus.service import chunked
 from stratus.service.context import Services
 from stratus.service.images import set_image_state
 from stratus.service.manifests import record_manifest
 from stratus.storage.fetch import fetch_url
-from stratus.storage.ingest import ingest_disk
-from stratus.tasks.runner import TaskCancelled, TaskContext
+from stratus.storage.ingest import IngestResult, ingest_disk
+from stratus.tasks.runner import TaskCancelled, TaskContext, TaskFailed
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +50,10 @@ class ImportHandler:
         self.svc = svc
 
     def _progress(self, ctx: TaskContext, stage: str, pct: float) -> None:
-        last = getattr(ctx, "_image_pct", -1.0)
+        last = ctx.notes.get("image_pct", -1.0)
         ctx.report(stage, pct)
         if int(pct) != int(last):
-            ctx._image_pct = pct  # type: ignore[attr-defined]
+            ctx.notes["image_pct"] = pct
             with ctx.fenced() as s:
                 s.execute(update(Image).where(Image.id == ctx.image_id).values(progress=pct))
 
@@ -70,6 +71,17 @@ class ImportHandler:
             except OSError:
                 path.unlink(missing_ok=True)
                 path.with_name(path.name + ".meta").unlink(missing_ok=True)
+
+    def _assembled(self, ctx: TaskContext, upload: Upload, work: Path) -> tuple[IngestResult, Inspection]:
+        assert ctx.region
+        manifest, probe = chunked.assemble(self.svc, upload, ctx.region, work)
+        try:
+            inspection = inspect_file(probe, declared="RAW", max_virtual_size=self.svc.settings.limits.max_virtual_size,
+                                      allow_iso=bool(ctx.payload.get("force")))
+        finally:
+            probe.unlink(missing_ok=True)
+        return IngestResult(manifest=manifest, new_chunks=0, new_bytes=0, reused_chunks=0,
+                            data_bytes=manifest.data_bytes, method="direct"), inspection
 
     def run(self, ctx: TaskContext) -> dict[str, Any]:
         svc = self.svc
@@ -89,54 +101,61 @@ class ImportHandler:
                 continue
             base = index * share
             label = disk_label(index)
+            chunked_src = chunked.chunked_upload(svc, src["upload_id"]) if "upload_id" in src else None
             try:
-                if "upload_id" in src:
-                    path = upload_path(svc, src["upload_id"])
-                    fetch_share = 0.0
+                if chunked_src is not None:
+                    # A chunked upload: its raw chunks are already in the store; only the gate runs.
+                    self._progress(ctx, "inspect", base)
+                    result, inspection = self._assembled(ctx, chunked_src, work)
+                    path = work / "probe.raw"
                 else:
-                    path = work / f"disk{index}.src"
-                    fetch_share = FETCH_SHARE
-                    limits = svc.settings.limits
+                    if "upload_id" in src:
+                        path = upload_path(svc, src["upload_id"])
+                        fetch_share = 0.0
+                    else:
+                        path = work / f"disk{index}.src"
+                        fetch_share = FETCH_SHARE
+                        limits = svc.settings.limits
 
-                    def on_fetch(received: int, total: int | None, base: float = base) -> None:
-                        if total:
-                            self._progress(ctx, "fetch", base + share * FETCH_SHARE * received / total)
-                        else:
-                            ctx.report("fetch", base)
+                        def on_fetch(received: int, total: int | None, base: float = base) -> None:
+                            if total:
+                                self._progress(ctx, "fetch", base + share * FETCH_SHARE * received / total)
+                            else:
+                                ctx.report("fetch", base)
 
-                    self._progress(ctx, "fetch", base)
-                    self._adopt_partial(ctx, path)
-                    fetch_url(
-                        src["url"], path, allow=svc.settings.import_url_allow,
-                        max_bytes=limits.max_download_bytes, timeout=limits.download_timeout_seconds,
-                        connect_timeout=limits.download_connect_timeout_seconds, max_redirects=limits.max_redirects,
-                        progress=on_fetch, should_stop=ctx.should_stop, resume=True,
+                        self._progress(ctx, "fetch", base)
+                        self._adopt_partial(ctx, path)
+                        fetch_url(
+                            src["url"], path, allow=svc.settings.import_url_allow,
+                            max_bytes=limits.max_download_bytes, timeout=limits.download_timeout_seconds,
+                            connect_timeout=limits.download_connect_timeout_seconds, max_redirects=limits.max_redirects,
+                            progress=on_fetch, should_stop=ctx.should_stop, resume=True,
+                        )
+                    self._progress(ctx, "inspect", base + share * fetch_share)
+                    inspection = inspect_file(
+                        path, declared=src.get("declared"), max_virtual_size=svc.settings.limits.max_virtual_size,
+                        allow_iso=bool(ctx.payload.get("force")),
                     )
-                self._progress(ctx, "inspect", base + share * fetch_share)
-                inspection = inspect_file(
-                    path, declared=src.get("declared"), max_virtual_size=svc.settings.limits.max_virtual_size,
-                    allow_iso=bool(ctx.payload.get("force")),
-                )
 
-                def on_ingest(done_bytes: int, total: int, base: float = base, fs: float = fetch_share) -> None:
-                    frac = done_bytes / total if total else 1.0
-                    self._progress(ctx, "ingest", base + share * (fs + (1 - fs) * frac))
+                    def on_ingest(done_bytes: int, total: int, base: float = base, fs: float = fetch_share) -> None:
+                        frac = done_bytes / total if total else 1.0
+                        self._progress(ctx, "ingest", base + share * (fs + (1 - fs) * frac))
 
-                result = ingest_disk(
-                    path, inspection.qemu_format, store, region.chunk_size, progress=on_ingest,
-                    should_stop=ctx.should_stop, tmp_dir=work,
-                )
+                    result = ingest_disk(
+                        path, inspection.qemu_format, store, region.chunk_size, progress=on_ingest,
+                        should_stop=ctx.should_stop, tmp_dir=work,
+                    )
             except Exception as exc:
                 if ctx.should_stop():
                     raise
                 if out_of_space(exc):
-                    raise ImportFailed(
+                    raise TaskFailed(
                         f"{label}: the server ran out of disk space (no space left on device) while storing the "
                         "image. Ask an operator to free space in the image store (`stratus gc` reclaims what this "
                         "import left), then import again."
                     ) from exc
                 reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-                raise ImportFailed(f"{label}: {reason}") from exc
+                raise TaskFailed(f"{label}: {reason}") from exc
             manifest = result.manifest
             with ctx.fenced() as s:
                 digest = record_manifest(s, ctx.region, manifest)
@@ -202,11 +221,3 @@ def out_of_space(exc: BaseException) -> bool:
             return True
         cur = cur.__cause__ or cur.__context__
     return False
-
-
-class ImportFailed(Exception):
-    """An import failed for a reason its owner can act on."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message

@@ -25,7 +25,8 @@ from stratus.domain import ids
 from stratus.domain.states import InstanceState
 from stratus.service.bases import base_path, bases_dir, ensure_base, release_unused_bases
 from stratus.service.context import Services
-from stratus.service.instances import GiB, instance_dir, set_states
+from stratus.service.hosts import host_dir
+from stratus.service.instances import GiB, set_states, workdir
 from stratus.storage.dirstore import durable_replace
 from stratus.tasks.runner import TaskContext, TaskLost
 
@@ -48,12 +49,13 @@ def vm_spec(svc: Services, inst: Instance) -> VmSpec:
     kernel = initrd = cmdline = None
     system = inst.disks[0]
     if system.base_manifest:
-        base = base_path(svc, inst.region, system.base_manifest)
-        found = boot.extract_kernel(base, bases_dir(svc, inst.region) / f"{system.base_manifest}.boot")
+        base = base_path(svc, inst.region, system.base_manifest, inst.compute_host)
+        found = boot.extract_kernel(base, bases_dir(svc, inst.region, inst.compute_host) /
+                                    f"{system.base_manifest}.boot")
         if found is not None:
             kernel, initrd, cmdline = found
     return VmSpec(
-        instance_id=inst.id, workdir=instance_dir(svc, inst.region, inst.id), disks=[Path(d.path) for d in inst.disks],
+        instance_id=inst.id, workdir=workdir(svc, inst), disks=[Path(d.path) for d in inst.disks],
         memory_mib=memory, cpus=itype.cpu if itype else 1,
         user_data=base64.b64decode(inst.user_data) if inst.user_data else None, hostname=inst.host_name or inst.id,
         kernel=kernel, initrd=initrd, cmdline=cmdline, max_seconds=svc.settings.limits.vm_max_seconds,
@@ -61,11 +63,13 @@ def vm_spec(svc: Services, inst: Instance) -> VmSpec:
 
 
 def create_disks(svc: Services, region: str, instances: list[Instance], ctx: TaskContext | None = None) -> None:
-    """Every disk of the batch: overlays grouped by (base, size) so each group costs one qemu-img call."""
+    """Every disk of the batch (all on one host): overlays grouped by (base, size) so each group costs one
+    qemu-img call."""
+    host = instances[0].compute_host
     groups: dict[tuple[str, int], list[Path]] = defaultdict(list)
     blanks: list[tuple[Path, int]] = []
     for inst in instances:
-        instance_dir(svc, region, inst.id).mkdir(parents=True, exist_ok=True)
+        workdir(svc, inst).mkdir(parents=True, exist_ok=True)
         for disk in inst.disks:
             if disk.base_manifest:
                 groups[(disk.base_manifest, disk.size_gib)].append(Path(disk.path))
@@ -75,17 +79,17 @@ def create_disks(svc: Services, region: str, instances: list[Instance], ctx: Tas
     for n, digest in enumerate(sorted(bases)):
         if ctx:
             ctx.report("base", 60.0 * n / max(1, len(bases)), force=True)
-        ensure_base(svc, region, digest)
+        ensure_base(svc, region, digest, host)
     if ctx:
         ctx.renew()  # still ours (TaskLost if not): a stale launch must not overwrite the live one's disks
     for (digest, gib), paths in groups.items():
-        overlays.create_overlays(base_path(svc, region, digest), "raw", paths, gib * GiB)
+        overlays.create_overlays(base_path(svc, region, digest, host), "raw", paths, gib * GiB)
     for path, size in blanks:
         overlays.create_blank(path, size)
 
 
-def remove_files(svc: Services, region: str, instance_id: str) -> None:
-    shutil.rmtree(instance_dir(svc, region, instance_id), ignore_errors=True)
+def remove_files(svc: Services, inst: Instance) -> None:
+    shutil.rmtree(workdir(svc, inst), ignore_errors=True)
 
 
 class LaunchHandler:
@@ -122,10 +126,10 @@ class LaunchHandler:
                 if inst.state != InstanceState.PENDING:
                     continue
                 try:
-                    get_driver(inst.driver).cleanup(inst.id, instance_dir(svc, ctx.region, inst.id))
+                    get_driver(inst.driver).cleanup(inst.id, workdir(svc, inst))
                 except Exception:
                     log.exception("cleaning up %s", inst.id)
-                remove_files(svc, ctx.region, inst.id)
+                remove_files(svc, inst)
             pending = [i.id for i in instances if i.state == InstanceState.PENDING]
             set_states(s, pending, InstanceState.LAUNCH_FAILED, op_state="FAILED", error=reason, reason=reason)
             # Nothing half-created: a failed launch keeps its record, never its disks.
@@ -147,8 +151,7 @@ class InstanceHandler:
         done = []
         for inst in _load(svc, ctx.payload["instance_ids"]):
             driver = get_driver(inst.driver)
-            workdir = instance_dir(svc, ctx.region, inst.id)
-            getattr(self, f"_{op}")(inst, driver, workdir, force, ctx)
+            getattr(self, f"_{op}")(inst, driver, workdir(svc, inst), force, ctx)
             done.append(inst.id)
         if op == "terminate":
             release_unused_bases(svc, ctx.region)
@@ -181,7 +184,7 @@ class InstanceHandler:
         # Every disk goes with its instance: there are no standalone cloud disks to keep one as.
         with ctx.fenced() as s:
             driver.cleanup(inst.id, workdir)
-            remove_files(self.svc, inst.region, inst.id)
+            remove_files(self.svc, inst)
             s.execute(delete(Instance).where(Instance.id == inst.id))
 
     def _reset(self, inst: Instance, driver: Driver, workdir: Path, force: bool, ctx: TaskContext) -> None:
@@ -193,9 +196,9 @@ class InstanceHandler:
             driver.stop(inst.id, workdir, force=True)
         system = inst.disks[0]
         digest, gib = payload["manifest"], int(payload["size_gib"])
-        ensure_base(svc, inst.region, digest)
+        ensure_base(svc, inst.region, digest, inst.compute_host)
         new_path = workdir / f"{system.id}.reset-{ids.new_id('disk')[5:]}.qcow2"
-        overlays.create_overlay(base_path(svc, inst.region, digest), "raw", new_path, gib * GiB)
+        overlays.create_overlay(base_path(svc, inst.region, digest, inst.compute_host), "raw", new_path, gib * GiB)
         try:
             with ctx.fenced() as s:
                 # Renamed while we hold the task: a stale reset never replaces the disk under a live one.
@@ -228,7 +231,7 @@ class InstanceHandler:
             if inst.driver == "disk":
                 state = InstanceState(ctx.payload.get("previous", {}).get(inst.id, inst.state))
             else:
-                running = get_driver(inst.driver).is_running(inst.id, instance_dir(svc, inst.region, inst.id))
+                running = get_driver(inst.driver).is_running(inst.id, workdir(svc, inst))
                 state = InstanceState.RUNNING if running else InstanceState.STOPPED
             with ctx.fenced() as s:
                 set_states(s, [inst.id], state, op_state="FAILED", error=reason)
@@ -244,20 +247,21 @@ def on_vm_exit(svc: Services, instance_id: str, returncode: int | None) -> None:
         set_states(s, [instance_id], InstanceState.STOPPED, reason=reason)
 
 
-def adopt_vms(svc: Services) -> dict[str, list[str]]:
-    """After a server restart: every instance that should run a VM is adopted if its VM still runs,
-    else marked STOPPED; VMs of instances that shouldn't run are cleaned up. None is left orphaned."""
+def adopt_vms(svc: Services, host: str) -> dict[str, list[str]]:
+    """After a restart of the compute host `host`: every instance of it that should run a VM is adopted if
+    its VM still runs, else marked STOPPED; VMs of instances that shouldn't run are cleaned up. None is
+    left orphaned."""
     adopted, stopped, cleaned = [], [], []
     with svc.db.read() as s:
-        rows = s.scalars(select(Instance).where(Instance.driver != "disk")).all()
+        rows = s.scalars(select(Instance).where(Instance.driver != "disk", Instance.compute_host == host)).all()
     for inst in rows:
         driver = get_driver(inst.driver)
-        workdir = instance_dir(svc, inst.region, inst.id)
+        wdir = workdir(svc, inst)
         should_run = inst.state in (InstanceState.RUNNING, InstanceState.REBOOTING, InstanceState.STARTING)
-        if should_run and driver.adopt(inst.id, workdir):
+        if should_run and driver.adopt(inst.id, wdir):
             adopted.append(inst.id)
             continue
-        driver.cleanup(inst.id, workdir)
+        driver.cleanup(inst.id, wdir)
         if should_run:
             with svc.db.write() as s:
                 set_states(s, [inst.id], InstanceState.STOPPED,
@@ -268,9 +272,9 @@ def adopt_vms(svc: Services) -> dict[str, list[str]]:
     # VM directories with no instance at all (terminated while the server was down).
     known = {i.id for i in rows}
     for region in svc.settings.regions:
-        root = region.host_path / "instances"
-        for workdir in root.glob("ins-*") if root.exists() else []:
-            if workdir.name not in known and (workdir / "qemu.pid").exists():
-                get_driver("qemu").cleanup(workdir.name, workdir)
-                cleaned.append(workdir.name)
+        root = host_dir(svc, region.name, host) / "instances"
+        for vm_dir in root.glob("ins-*") if root.exists() else []:
+            if vm_dir.name not in known and (vm_dir / "qemu.pid").exists():
+                get_driver("qemu").cleanup(vm_dir.name, vm_dir)
+                cleaned.append(vm_dir.name)
     return {"adopted": adopted, "stopped": stopped, "cleaned": cleaned}

@@ -22,9 +22,10 @@ from sqlalchemy.orm import Session, selectinload
 
 from stratus.catalog.models import Image, Instance, InstanceDisk, InstanceTag, RunRequest
 from stratus.config import InstanceType
-from stratus.domain import errors, ids
-from stratus.domain.states import INSTANCE_BUSY, ImageState, InstanceState
+from stratus.domain import errors, ids, tags
+from stratus.domain.states import INSTANCE_BUSY, ImageState, InstanceState, check_instance
 from stratus.service.context import Caller, Services
+from stratus.service.hosts import down_hosts, host_dir, place
 from stratus.service.images import escape_like, find_instance_type, get_visible
 from stratus.service.limits import check_tasks
 from stratus.tasks.runner import enqueue
@@ -68,8 +69,13 @@ def get_owned(s: Session, caller: Caller, region: str, instance_id: str, *, lock
     return inst
 
 
-def instance_dir(svc: Services, region: str, instance_id: str) -> Path:
-    return svc.region(region).host_path / "instances" / instance_id
+def instance_dir(svc: Services, region: str, instance_id: str, host: str) -> Path:
+    """An instance's disks and VM files, in its compute host's directory."""
+    return host_dir(svc, region, host) / "instances" / instance_id
+
+
+def workdir(svc: Services, inst: Instance) -> Path:
+    return instance_dir(svc, inst.region, inst.id, inst.compute_host)
 
 
 # --------------------------------------------------------------------------- RunInstances
@@ -98,6 +104,12 @@ class RunSpec:
     tags: list[tuple[str, str]] = field(default_factory=list)
     dry_run: bool = False
     raw_params: dict[str, Any] = field(default_factory=dict)  # for ClientToken comparison
+
+
+def validate_tags(tag_specs: list[dict[str, Any]] | None) -> list[tuple[str, str]]:
+    """The tags of new instances: RunInstances' TagSpecification may also carry the image's (ResourceType
+    'image'), which tag the instance too; entries for other resource types are ignored."""
+    return tags.from_specs(tag_specs, ("instance", "image"), noun="instance", refuse_others=False)
 
 
 def expand_names(pattern: str, count: int) -> list[str]:
@@ -223,21 +235,24 @@ def run_instances(svc: Services, caller: Caller, region: str, spec: RunSpec, req
             gib = max(req.size_gib if req else 0, _disk_gib(src.virtual_size) if src else 0)
             disk_plan.append(("DATA_DISK", gib, src.manifest_digest if src else None,
                               req.disk_type if req else "CLOUD_PREMIUM", req.delete_with_instance if req else True))
-        driver = svc.region(region).compute
+        placement = place(svc, s, region, spec.count, spec.instance_type)
         instance_ids = []
-        for n in range(spec.count):
+        by_host: dict[str, list[str]] = {}
+        for n, (host, driver) in enumerate(placement):
             iid = ids.new_instance_id()
-            workdir = instance_dir(svc, region, iid)
+            wdir = instance_dir(svc, region, iid, host)
+            by_host.setdefault(host, []).append(iid)
             inst = Instance(
                 id=iid, region=region, zone=spec.zone, owner_id=caller.account_id, name=names[n],
                 instance_type=spec.instance_type, image_id=image.id, state=InstanceState.PENDING, driver=driver,
+                compute_host=host,
                 user_data=base64.b64encode(user_data).decode() if user_data is not None else None,
                 host_name=spec.host_name or iid, latest_operation="RunInstances", latest_operation_state="OPERATING",
                 latest_operation_request_id=request_id,
             )
             inst.disks = [
                 InstanceDisk(id=(did := ids.new_disk_id()), index=i, usage=usage, disk_type=dtype, size_gib=gib,
-                             path=str(workdir / f"{did}.qcow2"), base_manifest=base, delete_with_instance=dwi)
+                             path=str(wdir / f"{did}.qcow2"), base_manifest=base, delete_with_instance=dwi)
                 for i, (usage, gib, base, dtype, dwi) in enumerate(disk_plan)
             ]
             inst.tags = [InstanceTag(key=k, value=v) for k, v in spec.tags]
@@ -248,8 +263,9 @@ def run_instances(svc: Services, caller: Caller, region: str, spec: RunSpec, req
             s.add(RunRequest(owner_id=caller.account_id, region=region, client_token=spec.client_token,
                              params_digest=digest, instance_ids=json.dumps(instance_ids)))
         check_tasks(svc, s, caller.account_id)  # limits.tasks_per_account
-        enqueue(s, "launch", {"instance_ids": instance_ids}, account_id=caller.account_id, region=region,
-                image_id=image.id)
+        for host, batch in by_host.items():  # each host launches its own part of the batch
+            enqueue(s, "launch", {"instance_ids": batch}, account_id=caller.account_id, region=region,
+                    image_id=image.id, host=host)
     svc.on_task_queued()
     return instance_ids
 
@@ -330,6 +346,14 @@ def describe_instances(svc: Services, caller: Caller, region: str, *, instance_i
         return InstancePage(total, list(s.scalars(q).all()))
 
 
+def os_names(svc: Services, image_ids: set[str]) -> dict[str, str]:
+    """OsName of each image still in the catalog (an instance outlives its image)."""
+    if not image_ids:
+        return {}
+    with svc.db.read() as s:
+        return {iid: name for iid, name in s.execute(select(Image.id, Image.os_name).where(Image.id.in_(image_ids)))}
+
+
 # --------------------------------------------------------------------------- state changes
 
 
@@ -352,13 +376,15 @@ def check_operable(inst: Instance, action: str) -> None:
     if inst.latest_operation_state == "OPERATING" and inst.state not in INSTANCE_BUSY:
         raise errors.InstanceOperationInProgress(instance_id=inst.id, operation=inst.latest_operation)
     if inst.state not in accepted:
-        raise errors.InstanceStateError(inst.id, inst.state, action, needed)
+        raise errors.InstanceStateError.of(inst.id, inst.state, action, needed)
 
 
 def change_instances(svc: Services, caller: Caller, region: str, action: str, instance_ids: list[str], *,
                      force: bool = False, request_id: str = "") -> None:
     """Start/Stop/Reboot/TerminateInstances on the caller's instances: all or nothing, each in a state
-    the action accepts (else UnsupportedOperation.InstanceState<State>); ≤ 100 ids."""
+    the action accepts (else UnsupportedOperation.InstanceState<State>); ≤ 100 ids. Each compute host
+    gets a task for its own instances; terminating an instance whose host is down removes it at once
+    (that host removes its disks when it comes back, service/hosts.py `remove_orphans`)."""
     if not instance_ids:
         raise errors.MissingParameter(name="InstanceIds")
     if len(instance_ids) > MAX_BATCH_IDS:
@@ -369,14 +395,26 @@ def change_instances(svc: Services, caller: Caller, region: str, action: str, in
         instances = [get_owned(s, caller, region, iid, lock=svc.db.is_postgresql) for iid in unique]
         for inst in instances:
             check_operable(inst, action)
+        if action == "TerminateInstances":
+            down = down_hosts(svc, s)
+            for inst in [i for i in instances if i.compute_host in down]:
+                s.delete(inst)
+                instances.remove(inst)
         previous = {inst.id: inst.state for inst in instances}
+        by_host: dict[str, list[str]] = {}
         for inst in instances:
-            inst.state = transitional or inst.state
+            if transitional is not None:
+                check_instance(inst.state, transitional)
+                inst.state = transitional
             inst.latest_operation, inst.latest_operation_state = action, "OPERATING"
             inst.latest_operation_request_id, inst.latest_operation_error = request_id, None
-        check_tasks(svc, s, caller.account_id)  # limits.tasks_per_account
-        enqueue(s, "instance", {"op": OP_NAMES[action], "instance_ids": unique, "force": force, "previous": previous},
-                account_id=caller.account_id, region=region)
+            by_host.setdefault(inst.compute_host, []).append(inst.id)
+        if by_host:
+            check_tasks(svc, s, caller.account_id)  # limits.tasks_per_account
+        for host, batch in by_host.items():
+            enqueue(s, "instance", {"op": OP_NAMES[action], "instance_ids": batch, "force": force,
+                                    "previous": {i: previous[i] for i in batch}},
+                    account_id=caller.account_id, region=region, host=host)
     svc.on_task_queued()
 
 
@@ -414,7 +452,8 @@ def reset_instance(svc: Services, caller: Caller, region: str, instance_id: str,
         if host_name:
             payload["host_name"] = host_name
         check_tasks(svc, s, caller.account_id)  # limits.tasks_per_account
-        enqueue(s, "instance", payload, account_id=caller.account_id, region=region, image_id=image.id)
+        enqueue(s, "instance", payload, account_id=caller.account_id, region=region, image_id=image.id,
+                host=inst.compute_host)
     svc.on_task_queued()
 
 
@@ -424,11 +463,14 @@ def console_output(svc: Services, caller: Caller, region: str, instance_id: str,
 
     with svc.db.read() as s:
         inst = get_owned(s, caller, region, instance_id)
-    return get_driver(inst.driver).console_output(instance_dir(svc, region, inst.id), max_bytes)
+    return get_driver(inst.driver).console_output(workdir(svc, inst), max_bytes)
 
 
 def set_states(s: Session, instance_ids: list[str], state: InstanceState, *, op_state: str | None = None,
                error: str | None = None, reason: str | None = None) -> None:
+    """Record the outcome of an operation on instances (each checked against the state machine)."""
+    for old in s.scalars(select(Instance.state).where(Instance.id.in_(instance_ids))):
+        check_instance(old, state)
     values: dict[str, Any] = {"state": state}
     if op_state is not None:
         values["latest_operation_state"] = op_state

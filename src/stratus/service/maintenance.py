@@ -21,18 +21,20 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from sqlalchemy import delete, func, select, union
+from sqlalchemy import ColumnElement, delete, func, select, union
 from sqlalchemy.orm import Session
 
-from stratus.catalog.models import BaseDisk, Image, ImageDisk, Instance, InstanceDisk, Manifest, Task
+from stratus.catalog.db import rowcount
+from stratus.catalog.models import BaseDisk, Image, ImageDisk, Instance, InstanceDisk, Manifest, Task, Upload
 from stratus.domain.manifest import DiskManifest
 from stratus.service.context import Services
 from stratus.service.manifests import load_manifest
+from stratus.storage.chunkstore import StoreStats
 from stratus.storage.fsck import FsckReport, fsck
 from stratus.storage.gc import GcPlan, plan_gc
 
 
-def _live_digests_query(region: str):  # type: ignore[no-untyped-def]
+def _live_digests_query(region: str):
     """SELECT of every manifest digest something in the region stands on (see the module docstring)."""
     return union(
         select(ImageDisk.manifest_digest.label("digest")).join(Image)
@@ -119,7 +121,7 @@ def chunk_owners(svc: Services, region: str, digests: set[str]) -> dict[str, lis
             select(InstanceDisk.base_manifest, InstanceDisk.instance_id, InstanceDisk.id).join(Instance)
             .where(Instance.region == region, InstanceDisk.base_manifest.is_not(None))
         ).all()
-    by_manifest: dict[str, list[str]] = defaultdict(list)
+    by_manifest: dict[str | None, list[str]] = defaultdict(list)  # the queries exclude NULL digests
     for mdigest, image_id, index in image_disks:
         by_manifest[mdigest].append(f"{image_id} disk {index}")
     for mdigest, instance_id, disk_id in instance_disks:
@@ -138,7 +140,7 @@ class FsckSummary:
     owners: dict[str, list[str]] = field(default_factory=dict)
 
 
-def fsck_region(svc: Services, region: str, progress=None) -> FsckSummary:  # type: ignore[no-untyped-def]
+def fsck_region(svc: Services, region: str, progress=None) -> FsckSummary:
     expected = (raw.hex() for raw in referenced_chunks(svc, region))
     report = fsck(svc.store(region), expected=expected, progress=progress)
     bad = set(report.damaged) | set(report.missing)
@@ -150,9 +152,15 @@ def gc_cutoff(svc: Services, region: str, grace_seconds: float, now: float | Non
     oldest task still in flight, since its chunks are not in any manifest yet."""
     now = time.time() if now is None else now
     with svc.db.read() as s:
-        oldest = _oldest_task_start(s, region)
+        starts = [_oldest_task_start(s, region), _oldest_chunked_upload(s, region)]
     cutoff = now - grace_seconds
-    return min(cutoff, oldest) if oldest is not None else cutoff
+    return min([cutoff, *(t for t in starts if t is not None)])
+
+
+def _oldest_chunked_upload(s: Session, region: str) -> float | None:
+    """A chunked upload in flight holds chunks no manifest names yet (they are the import's once it runs)."""
+    return s.scalar(select(func.min(Upload.created_at)).where(
+        Upload.region == region, Upload.manifest.is_not(None), Upload.state.in_(("UPLOADING", "COMPLETE"))))
 
 
 def plan_region_gc(svc: Services, region: str, grace_seconds: float,
@@ -199,8 +207,21 @@ def drop_orphan_manifests(svc: Services, region: str) -> int:
     or task in flight needs them)."""
     with svc.db.write() as s:
         oldest = _oldest_task_start(s, region)
-        orphan = Manifest.digest.not_in(select(_live_digests_query(region).subquery().c.digest))
+        orphan: ColumnElement[bool] = Manifest.digest.not_in(select(_live_digests_query(region).subquery().c.digest))
         if oldest is not None:
             orphan = orphan & (Manifest.created_at < oldest)
         res = s.execute(delete(Manifest).where(Manifest.region == region, orphan))
-        return res.rowcount or 0
+        return rowcount(res)
+
+
+def task_counts(svc: Services) -> list[tuple[str, str, int]]:
+    """(kind, state, count) of the tasks in the catalog, for /metrics: one GROUP BY."""
+    with svc.db.read() as s:
+        rows = s.execute(select(Task.kind, Task.state, func.count()).group_by(Task.kind, Task.state)).all()
+    return [(kind, state, count) for kind, state, count in rows]
+
+
+def store_dir_stats(svc: Services, region: str) -> StoreStats:
+    """Chunks and bytes in the region's store as configured (a directory walk, or a bucket listing), for
+    /metrics."""
+    return svc.store(region).stats()

@@ -13,6 +13,7 @@ from stratus.catalog import migrate
 from stratus.config import Settings
 from stratus.service.context import Services
 from stratus.service.export_task import ExportHandler
+from stratus.service.hosts import LOCAL, HostAgent, remove_orphans
 from stratus.service.import_task import ImportHandler
 from stratus.tasks.runner import Handler, TaskContext, TaskRunner
 
@@ -91,21 +92,31 @@ class LoggedHandler:
         return getattr(self.inner, name)
 
 
-def start_workers(svc: Services) -> TaskRunner:
-    """Adopt the VMs that survived a restart (or clean them up), then start the task workers."""
+def start_workers(svc: Services, host: str = LOCAL, *, compute: str = "", capacity: int = 0) -> TaskRunner:
+    """Be the compute host `host` (`local`: the single machine of the default setup): adopt the VMs that
+    survived a restart (or clean them up) and the disks of instances terminated while it was down,
+    register with a heartbeat, then start the task workers, which run its instances' tasks and any
+    unbound task. `compute` ("disk" or "qemu") overrides the regions' setting for instances placed here;
+    `capacity` caps them (0: no cap)."""
     from stratus.compute.driver import get_driver
     from stratus.service.instance_tasks import adopt_vms, on_vm_exit
 
     get_driver("qemu").set_exit_callback(lambda instance_id, rc: on_vm_exit(svc, instance_id, rc))
-    if any(r.compute == "qemu" for r in svc.settings.regions):
+    if compute == "qemu" or (not compute and any(r.compute == "qemu" for r in svc.settings.regions)):
         from stratus.compute import accel
 
         accel.choose()  # KVM or TCG, decided (with a log line) before the first VM starts
-    adopted = adopt_vms(svc)
+    adopted = adopt_vms(svc, host)
     if any(adopted.values()):
         log.info("VMs after restart: %s", adopted)
+    orphans = remove_orphans(svc, host)
+    if orphans:
+        log.info("host %s: removed the disks of %d instances terminated while it was down", host, len(orphans))
     runner = TaskRunner(svc.db, task_handlers(svc), workers=svc.settings.workers,
-                        lease_seconds=svc.settings.limits.task_lease_seconds, scratch_root=svc.settings.tmp_dir)
+                        lease_seconds=svc.settings.limits.task_lease_seconds, scratch_root=svc.settings.tmp_dir,
+                        host=host)
+    # The heartbeat stops with the workers: a host is up while it can run its instances' tasks.
+    HostAgent(svc, host, compute=compute, capacity=capacity, stopping=runner.stopping).start()
     svc.on_task_queued = runner.wake
     runner.start()
     threading.Thread(target=_housekeeping, args=(svc, runner), name="stratus-housekeeping", daemon=True).start()

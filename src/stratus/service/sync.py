@@ -38,8 +38,9 @@ from sqlalchemy.orm import Session
 from stratus.catalog.models import Image, ImageDisk, ImageTag
 from stratus.domain import errors, ids
 from stratus.domain.manifest import DiskManifest
-from stratus.domain.states import BUSY_STATES, ImageSource, ImageState, ImageType
+from stratus.domain.states import BUSY_STATES, ImageSource, ImageState, ImageType, check_image
 from stratus.service.context import Caller, Services
+from stratus.service.disclosure import readable_chunks
 from stratus.service.images import (
     DryRunPassed,
     check_image_id,
@@ -52,7 +53,7 @@ from stratus.service.images import (
 from stratus.service.limits import check_tasks
 from stratus.service.manifests import ManifestMissing, read_manifests, record_manifest
 from stratus.storage.copy import CopyInterrupted, CopyProgress, copy_chunks
-from stratus.tasks.runner import TaskCancelled, TaskContext, TaskLost, enqueue
+from stratus.tasks.runner import TaskCancelled, TaskContext, TaskFailed, TaskLost, enqueue
 
 log = logging.getLogger(__name__)
 
@@ -245,14 +246,6 @@ def _new_copy(source: Image, caller: Caller, source_region: str, dest: str, name
 # --------------------------------------------------------------------------- the `sync` task
 
 
-class SyncFailed(Exception):
-    """A copy failed for a reason its owner can act on."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
 class SyncHandler:
     """Runs `sync` tasks: resumable after `kill -9` (see the module docstring)."""
 
@@ -270,7 +263,7 @@ class SyncHandler:
             with self.svc.db.read() as s:
                 found = read_manifests(s, p["source_region"], digests)
         except ManifestMissing:
-            raise SyncFailed(  # noqa: B904 - the reason says it all
+            raise TaskFailed(  # noqa: B904 - the reason says it all
                 f"the source image {p['source_image_id']} was deleted before its copy finished and its disk "
                 "manifests are gone; sync again from an image that still exists"
             )
@@ -326,18 +319,21 @@ class SyncHandler:
 
         src = svc.store(p["source_region"])
         dst = svc.store(ctx.region)
+        with svc.db.read() as s:  # no cross-account oracle: only these may be skipped as already there
+            known = readable_chunks(s, ctx.account_id or "", ctx.region, order[start:])
         try:
             result = copy_chunks(
                 order[start:], src, dst, progress=on_progress, should_stop=ctx.should_stop,
                 max_bytes_per_second=svc.settings.limits.sync_bytes_per_second,
                 report_every_bytes=max(1, total // 20),  # SyncPercent in 5 % steps (or every second)
+                known=known,
             )
         except (TaskLost, CopyInterrupted):
             raise  # another worker has the task, or this one is shutting down: it resumes from the checkpoint
         except Exception as exc:
             if ctx.should_stop():
                 raise
-            raise SyncFailed(getattr(exc, "message", None) or str(exc) or type(exc).__name__) from exc
+            raise TaskFailed(getattr(exc, "message", None) or str(exc) or type(exc).__name__) from exc
         final = totals(CopyProgress(len(order) - start, total - base["bytes_done"], result))
         outcome = {
             "SourceImageId": p["source_image_id"],
@@ -353,6 +349,7 @@ class SyncHandler:
         with ctx.fenced() as s:
             if s.scalar(select(Image.state).where(Image.id == ctx.image_id)) != ImageState.SYNCING:
                 raise TaskCancelled(f"image {ctx.image_id} is no longer SYNCING")
+            check_image(ImageState.SYNCING, ImageState.NORMAL)
             for m in manifests.values():
                 record_manifest(s, ctx.region, m)
             for disk in p["disks"]:

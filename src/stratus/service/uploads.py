@@ -26,6 +26,7 @@ from pathlib import Path
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
+from stratus.catalog.db import rowcount
 from stratus.catalog.models import Account, Upload
 from stratus.domain import errors, ids
 from stratus.service.context import Caller, Services
@@ -63,7 +64,7 @@ class UploadStatus:
                 "Format": self.declared_format, "ImageUrl": f"upload://{self.upload_id}"}
 
 
-def _status(u: Upload) -> UploadStatus:
+def upload_status(u: Upload) -> UploadStatus:
     return UploadStatus(u.id, u.size, u.received, u.state, u.declared_format, u.writer_until)
 
 
@@ -113,10 +114,10 @@ def create_upload(svc: Services, caller: Caller, size: int, name: str = "", decl
         _check_account_limits(svc, s, caller, size)
         path_of(svc, upload.id).touch()
         s.add(upload)
-    return _status(upload)
+    return upload_status(upload)
 
 
-def _owned(s: Session, caller: Caller, upload_id: str) -> Upload:
+def owned_upload(s: Session, caller: Caller, upload_id: str) -> Upload:
     upload = s.get(Upload, upload_id) if ids.is_id("upload", upload_id) else None
     if upload is None or upload.account_id != caller.account_id:
         raise errors.ResourceNotFound(detail=f"No upload {upload_id!r}.")
@@ -125,7 +126,7 @@ def _owned(s: Session, caller: Caller, upload_id: str) -> Upload:
 
 def get_upload(svc: Services, caller: Caller, upload_id: str) -> UploadStatus:
     with svc.db.read() as s:
-        return _status(_owned(s, caller, upload_id))
+        return upload_status(owned_upload(s, caller, upload_id))
 
 
 def _refusal(upload: Upload, offset: int, now: float) -> errors.CvmError:
@@ -148,18 +149,21 @@ def begin_append(svc: Services, caller: Caller, upload_id: str, offset: int, wri
     """Claim the upload for one PUT starting at ``offset`` (compare-and-set: offset == received, no live claim)."""
     now = time.time()
     with svc.db.write() as s:
-        upload = _owned(s, caller, upload_id)
-        claimed = s.execute(
+        upload = owned_upload(s, caller, upload_id)
+        if upload.manifest is not None:
+            raise errors.InvalidParameterValue(
+                detail=f"Upload {upload_id} is chunked: send its chunks to /uploads/{upload_id}/chunks, not bytes.")
+        claimed = rowcount(s.execute(
             update(Upload)
             .where(Upload.id == upload_id, Upload.state == "UPLOADING", Upload.received == offset,
                    or_(Upload.writer.is_(None), Upload.writer_until < now))
             .values(writer=writer, writer_until=now + CLAIM_SECONDS)
             .execution_options(synchronize_session=False)
-        ).rowcount
+        ))
         s.refresh(upload)
         if claimed != 1:
             raise _refusal(upload, offset, now)
-        return _status(upload)
+        return upload_status(upload)
 
 
 def commit_append(svc: Services, caller: Caller, upload_id: str, fd: int, committed: int, new_received: int,
@@ -173,22 +177,22 @@ def commit_append(svc: Services, caller: Caller, upload_id: str, fd: int, commit
                                  "writer": None if release else writer,
                                  "writer_until": None if release else now + CLAIM_SECONDS}
     with svc.db.write() as s:
-        upload = _owned(s, caller, upload_id)
+        upload = owned_upload(s, caller, upload_id)
         if new_received == upload.size:
             values["state"] = "COMPLETE"
-        done = s.execute(
+        done = rowcount(s.execute(
             update(Upload)
             .where(Upload.id == upload_id, Upload.writer == writer, Upload.received == committed)
             .values(**values)
             .execution_options(synchronize_session=False)
-        ).rowcount
+        ))
         s.refresh(upload)
         if done != 1:
             raise UploadBusy(
                 f"This request lost its claim on upload {upload_id} (another request took it over); "
                 f"resume from offset {upload.received}.", upload.received,
             )
-        return _status(upload)
+        return upload_status(upload)
 
 
 def expire_uploads(svc: Services, now: float | None = None) -> int:

@@ -5,6 +5,10 @@ For each digest, in order:
 
 * present in the destination: touched (its mtime refreshed, so gc's grace period covers it until the
   manifest naming it is recorded) and counted as *present*; nothing is read or written;
+* present but not *known* to the caller (``known``: the chunks the account it copies for could already
+  read): read from the source with a verified read and paced like a missing one, but not written again.
+  The copy takes as long as if the chunk were missing, so its time and progress don't say that another
+  account's data already holds it;
 * missing: read from the source with a verified read (:meth:`ChunkStore.get` re-hashes, so a damaged
   source chunk is :class:`ChunkCorrupt`, never copied), written to the destination through its batch
   writer (which verifies again and makes it durable), counted as *copied*.
@@ -24,7 +28,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -108,6 +112,7 @@ def copy_chunks(
     workers: int | None = None,
     report_every_bytes: int = 64 * MiB,
     report_every_seconds: float = 1.0,
+    known: Container[str] | None = None,
 ) -> CopyResult:
     """Copy the chunks named by ``digests`` (duplicates are handled once) from ``src`` into ``dst``.
 
@@ -115,7 +120,8 @@ def copy_chunks(
     InvalidDigest for a malformed digest (before any I/O), OSError from the destination, and
     CopyInterrupted when ``should_stop`` turns true. ``progress`` runs in the calling thread after
     each durability point (see the module docstring), at least every ``report_every_bytes`` bytes or
-    ``report_every_seconds`` seconds, and once at the end.
+    ``report_every_seconds`` seconds, and once at the end. ``known`` (None: all) are the digests whose
+    presence in ``dst`` the caller may learn; the others cross as if missing (see the module docstring).
     """
     order = list(dict.fromkeys(check_digest(d) for d in digests))
     workers = workers or dst.concurrency
@@ -128,10 +134,12 @@ def copy_chunks(
 
     def one(digest: str) -> tuple[bool, int]:
         size = present_sizes.get(digest)
-        if size is not None:
+        if size is not None and (known is None or digest in known):
             return False, size
         data = src.get(digest)
         pace.wait(len(data))
+        if size is not None:  # there already, through someone else's data: read and verified, not rewritten
+            return False, len(data)
         return writer.put(digest, data), len(data)
 
     copied = copied_bytes = present = present_bytes = 0

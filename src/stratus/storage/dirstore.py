@@ -510,6 +510,7 @@ def _classify(entry: os.DirEntry[str], prefix: str) -> ChunkInfo | TempFile | No
         if name.startswith(marker):
             digest = name[len(marker) : len(marker) + 64]
             if is_digest(digest) and digest.startswith(prefix):
+                # kind is "write" or "trash" (the tuple above); mypy widens the loop variable to str
                 return TempFile(Path(entry.path), kind, st.st_size, st.st_mtime, digest)  # type: ignore[arg-type]
     return None
 

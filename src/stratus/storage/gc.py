@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass, field
 
 from stratus.domain.manifest import is_digest
+from stratus.domain.units import human_bytes
 from stratus.storage.chunkstore import ChunkInfo, ChunkStore, TempFile
 
 
@@ -39,7 +40,7 @@ class GcResult:
 
     def describe(self) -> list[str]:
         return [
-            f"deleted {self.deleted} chunks ({_human(self.deleted_bytes)})",
+            f"deleted {self.deleted} chunks ({human_bytes(self.deleted_bytes)})",
             f"kept {self.kept_touched} chunks touched since planning, {self.already_gone} already gone",
             f"removed {self.temp_files_removed} stale temp files, restored {self.trash_restored} interrupted deletions",
         ]
@@ -70,9 +71,10 @@ class GcPlan:
             f"(chunks modified before {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.cutoff))})",
             f"referenced: {self.referenced_count} chunks kept",
             f"recent: {len(self.kept_recent)} unreferenced chunks kept "
-            f"({_human(sum(c.size for c in self.kept_recent))}), younger than the grace period",
-            f"to delete: {len(self.to_delete)} unreferenced chunks ({_human(self.reclaim_bytes)})",
-            f"stale temp files: {len(self.stale_temp_files)} ({_human(sum(t.size for t in self.stale_temp_files))})",
+            f"({human_bytes(sum(c.size for c in self.kept_recent))}), younger than the grace period",
+            f"to delete: {len(self.to_delete)} unreferenced chunks ({human_bytes(self.reclaim_bytes)})",
+            f"stale temp files: {len(self.stale_temp_files)} "
+            f"({human_bytes(sum(t.size for t in self.stale_temp_files))})",
         ]
         if self.missing_referenced:
             lines.append(
@@ -117,7 +119,7 @@ class GcPlan:
 
 def plan_gc(
     store: ChunkStore,
-    referenced: Iterable[str],
+    referenced: Iterable[str | bytes],
     *,
     grace_seconds: float,
     now: float | None = None,
@@ -145,7 +147,7 @@ def plan_gc(
     recent: list[ChunkInfo] = []
     temps: list[TempFile] = []
     present = 0
-    seen: set[str] = set()
+    seen: set[bytes] = set()
     for item in store.scan():
         if isinstance(item, TempFile):
             # trash: any age (the delete that made it died); write/scratch: only when past the grace period
@@ -185,20 +187,11 @@ def _raw_digests(referenced: Iterable[str | bytes]) -> Set[bytes]:
     for d in referenced:
         if isinstance(d, bytes) and len(d) == 32:
             refs.add(d)
-        elif is_digest(d):
-            refs.add(bytes.fromhex(d))  # type: ignore[arg-type]
+        elif isinstance(d, str) and is_digest(d):
+            refs.add(bytes.fromhex(d))
         else:
             raise ValueError(f"referenced set holds a malformed digest ({d!r:.80}); gc stopped")
     return refs
-
-
-def _human(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 __all__ = ["GcPlan", "GcResult", "plan_gc"]

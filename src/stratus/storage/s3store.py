@@ -183,7 +183,7 @@ class S3Store:
 
     def _head(self, key: str) -> dict[str, Any] | None:
         try:
-            return self._call("head_object", Bucket=self.bucket, Key=key)  # type: ignore[no-any-return]
+            return self._call("head_object", Bucket=self.bucket, Key=key)
         except ClientError as exc:
             if _code(exc) in _NOT_FOUND:
                 return None
@@ -263,8 +263,8 @@ class S3Store:
         found: dict[str, int] = {}
         firsts = sorted({d[0] for d in wanted})
         with ThreadPoolExecutor(max_workers=_THREADS, thread_name_prefix="s3-list") as pool:
-            for infos in pool.map(lambda c: list(self._list_chunks(self.prefix + c)), firsts):
-                found.update((i.digest, i.size) for i in infos if i.digest in wanted)
+            for listed in pool.map(lambda c: list(self._list_chunks(self.prefix + c)), firsts):
+                found.update((i.digest, i.size) for i in listed if i.digest in wanted)
         return found
 
     def delete(self, digest: str, *, unless_touched_since: float | None = None,

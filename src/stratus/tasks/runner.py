@@ -35,8 +35,9 @@ from typing import Any, Protocol
 from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from stratus.catalog.db import Database, catalog_unavailable
+from stratus.catalog.db import Database, catalog_unavailable, rowcount
 from stratus.catalog.models import Task
+from stratus.domain.states import TaskState, check_task
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,15 @@ class TaskCancelled(Exception):
     """The task was cancelled (for instance its image was deleted)."""
 
 
+class TaskFailed(Exception):
+    """A task (import, capture, copy) failed for a reason its owner can act on: `message` becomes the
+    task's error and the image's state reason."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
 @dataclass
 class TaskContext:
     """Handed to a handler: its task's data, progress reporting, fenced writes and a stop flag."""
@@ -63,6 +73,8 @@ class TaskContext:
     account_id: str | None
     region: str | None
     image_id: str | None
+    # The handler's own values for this execution (e.g. the last progress it wrote to its image).
+    notes: dict[str, Any] = field(default_factory=dict)
     _last_report: float = 0.0
     _lost: bool = False
     # When the lease was last renewed (monotonic: a SIGSTOP'd process sees the time it was stopped).
@@ -76,7 +88,7 @@ class TaskContext:
     def _write_task(self, s: Session, **values: Any) -> None:
         """The compare-and-set every write of this execution goes through; 0 rows means we lost the task."""
         res = s.execute(update(Task).where(self._owned()).values(**values))
-        if res.rowcount != 1:  # type: ignore[attr-defined]
+        if rowcount(res) != 1:
             self._lost = True
             raise TaskLost()
 
@@ -163,9 +175,12 @@ def enqueue(
     account_id: str | None = None,
     region: str | None = None,
     image_id: str | None = None,
+    host: str | None = None,
 ) -> Task:
-    """Add a task inside the caller's transaction, so it exists iff the caller's change commits."""
-    task = Task(kind=kind, payload=json.dumps(payload), account_id=account_id, region=region, image_id=image_id)
+    """Add a task inside the caller's transaction, so it exists iff the caller's change commits. A task
+    bound to a `host` is claimed only by that compute host's workers (an instance's tasks)."""
+    task = Task(kind=kind, payload=json.dumps(payload), account_id=account_id, region=region, image_id=image_id,
+                host=host)
     session.add(task)
     session.flush()
     return task
@@ -182,6 +197,7 @@ class TaskRunner:
         poll_seconds: float = 0.5,
         owner: str | None = None,
         scratch_root: Path | None = None,
+        host: str | None = None,
     ) -> None:
         self.db = db
         self.handlers = handlers
@@ -191,6 +207,9 @@ class TaskRunner:
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         # Where handlers keep per-attempt scratch (TaskContext.scratch); removed when a task ends.
         self.scratch_root = scratch_root
+        # The compute host these workers are: they claim tasks bound to it and unbound ones, never another
+        # host's (None: unbound tasks only).
+        self.host = host
         self.stopping = threading.Event()
         self._wake = threading.Condition()
         self._threads: list[threading.Thread] = []
@@ -229,6 +248,7 @@ class TaskRunner:
             q = (
                 select(Task)
                 .where(Task.kind.in_(kinds))
+                .where(Task.host.is_(None) if self.host is None else or_(Task.host.is_(None), Task.host == self.host))
                 .where(
                     or_(
                         Task.state == "QUEUED",
@@ -243,7 +263,8 @@ class TaskRunner:
             task = s.scalars(q).first()
             if task is None:
                 return None
-            task.state = "RUNNING"
+            check_task(task.state, TaskState.RUNNING)
+            task.state = TaskState.RUNNING
             task.lease_owner = self.owner
             task.lease_expires_at = now + self.lease_seconds
             task.attempts += 1
@@ -254,6 +275,7 @@ class TaskRunner:
 
     def _finish_in(self, s: Session, ctx: TaskContext, state: str, *, result: dict[str, Any] | None = None,
                    error: str | None = None) -> None:
+        check_task(TaskState.RUNNING, TaskState(state))  # _write_task only matches our RUNNING execution
         ctx._write_task(
             s,
             state=state,
@@ -273,7 +295,8 @@ class TaskRunner:
     def _release(self, ctx: TaskContext) -> None:
         """Give a task back on a graceful shutdown: QUEUED again, and the claim is not a crash."""
         with self.db.write() as s:
-            ctx._write_task(s, state="QUEUED", lease_owner=None, lease_expires_at=None,
+            check_task(TaskState.RUNNING, TaskState.QUEUED)
+            ctx._write_task(s, state=TaskState.QUEUED, lease_owner=None, lease_expires_at=None,
                             released=Task.released + 1)
 
     def _hand_back(self, ctx: TaskContext, exc: BaseException) -> None:

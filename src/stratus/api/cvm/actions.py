@@ -135,6 +135,14 @@ def describe_tasks(call: Call) -> dict[str, Any]:
     }
 
 
+def describe_compute_hosts(call: Call) -> dict[str, Any]:
+    """Extension, operators only: every compute host, UP or DOWN by its heartbeat."""
+    from stratus.service import hosts
+
+    found = hosts.describe_compute_hosts(call.svc, call.caller)
+    return {"TotalCount": len(found), "HostSet": [shapes.compute_host(h) for h in found]}
+
+
 def publish_image(call: Call) -> dict[str, Any]:
     images.publish_image(call.svc, call.caller, call.region or "", call.params["ImageId"])
     return {}
@@ -180,4 +188,5 @@ ACTIONS: dict[str, Action] = {
     "DescribeTasks": Action(ActionSchema({"TaskIds": [int]}, required=frozenset({"TaskIds"})), describe_tasks,
                             needs_region=False),
     "PublishImage": Action(ActionSchema({"ImageId": str}, required=frozenset({"ImageId"})), publish_image),
+    "DescribeComputeHosts": Action(ActionSchema(), describe_compute_hosts, needs_region=False),
 }

@@ -71,7 +71,7 @@ def _dispatch(svc: Services, request: Request, body: bytes, request_id: str, rat
     return action.handler(Call(svc, caller, region, params, request_id))
 
 
-def make_endpoint(svc: Services):  # type: ignore[no-untyped-def]
+def make_endpoint(svc: Services):
     limit = svc.settings.limits.max_request_bytes
     rate = RateLimiter(svc.settings.limits.requests_per_second, svc.settings.limits.request_burst)
 

@@ -23,18 +23,6 @@ DATA_DISK = {"DiskSize": int, "DiskType": str, "DiskId": str, "DeleteWithInstanc
 LOGIN = {"Password": str, "KeyIds": [str], "KeepImageLogin": str}
 
 
-def _instance_tags(specs: list[dict[str, Any]] | None) -> list[tuple[str, str]]:
-    tags: dict[str, str] = {}
-    for spec in specs or []:
-        if spec.get("ResourceType") not in ("instance", "image"):
-            continue
-        for t in spec.get("Tags") or []:
-            if not t.get("Key") or len(t["Key"]) > 127:
-                raise errors.IllegalTagKey(key=t.get("Key"))
-            tags[t["Key"]] = t.get("Value") or ""
-    return sorted(tags.items())
-
-
 def run_instances(call: Call) -> dict[str, Any]:
     p = call.params
     placement = p.get("Placement") or {}
@@ -50,7 +38,7 @@ def run_instances(call: Call) -> dict[str, Any]:
         data_disks=[instances.DataDiskSpec(d["DiskSize"], d.get("DiskType", "CLOUD_PREMIUM"),
                                            d.get("DeleteWithInstance", True)) for d in p.get("DataDisks") or []],
         name=p.get("InstanceName", ""), host_name=p.get("HostName", ""), user_data=p.get("UserData"),
-        client_token=p.get("ClientToken"), tags=_instance_tags(p.get("TagSpecification")),
+        client_token=p.get("ClientToken"), tags=instances.validate_tags(p.get("TagSpecification")),
         dry_run=p.get("DryRun", False), raw_params=p,
     )
     ids = instances.run_instances(call.svc, call.caller, call.region or "", spec, call.request_id)
@@ -62,7 +50,7 @@ def describe_instances(call: Call) -> dict[str, Any]:
     page = instances.describe_instances(call.svc, call.caller, call.region or "", instance_ids=p.get("InstanceIds"),
                                         filters=p.get("Filters"), offset=p.get("Offset", 0), limit=p.get("Limit", 20))
     image_ids = {i.image_id for i in page.instances}
-    os_names = shapes.os_names(call.svc, image_ids)
+    os_names = instances.os_names(call.svc, image_ids)
     return {"TotalCount": page.total,
             "InstanceSet": [shapes.instance(call.svc, i, os_names.get(i.image_id, "")) for i in page.instances]}
 
@@ -75,7 +63,7 @@ def describe_instances_status(call: Call) -> dict[str, Any]:
             "InstanceStatusSet": [{"InstanceId": i.id, "InstanceState": i.state} for i in page.instances]}
 
 
-def _changer(action: str):  # type: ignore[no-untyped-def]
+def _changer(action: str):
     def handler(call: Call) -> dict[str, Any]:
         p = call.params
         stop_type = p.get("StopType", "SOFT")

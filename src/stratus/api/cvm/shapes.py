@@ -8,8 +8,6 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
-
 from stratus.catalog.models import Image, Instance, Task
 from stratus.domain.redact import redact_paths
 from stratus.service import disclosure
@@ -89,14 +87,6 @@ def task(t: Task, caller: Caller, cos_paths: list[str] | None = None) -> dict[st
     }
 
 
-def os_names(svc: Services, image_ids: set[str]) -> dict[str, str]:
-    """OsName of each image still in the catalog (an instance outlives its image)."""
-    if not image_ids:
-        return {}
-    with svc.db.read() as s:
-        return dict(s.execute(select(Image.id, Image.os_name).where(Image.id.in_(image_ids))).all())
-
-
 def instance(svc: Services, inst: Instance, os_name: str) -> dict[str, Any]:
     itype = svc.settings.instance_type(inst.instance_type)
     system = inst.disks[0] if inst.disks else None
@@ -149,5 +139,15 @@ def instance(svc: Services, inst: Instance, os_name: str) -> dict[str, Any]:
         # Extensions: why an instance failed or stopped on its own, and how it runs.
         "InstanceStateReason": redact_paths(inst.state_reason),
         "ComputeDriver": inst.driver,
+        "ComputeHost": inst.compute_host,  # the contract's HostName is the guest's hostname, just above
         "HostName": inst.host_name,
+    }
+
+
+def compute_host(h: Any) -> dict[str, Any]:
+    """A compute host (extension DescribeComputeHosts): `HostState` UP while its heartbeat is fresh."""
+    return {
+        "HostName": h.name, "HostState": h.state, "Regions": h.regions, "ComputeDriver": h.compute or None,
+        "CapacityInstances": h.capacity_instances, "InstanceCount": h.instances,
+        "LastHeartbeatTime": iso_time(h.heartbeat_at), "StartedTime": iso_time(h.started_at),
     }

@@ -15,7 +15,6 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from sqlalchemy import select
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response, StreamingResponse
@@ -25,9 +24,8 @@ from stratus.api.cvm import envelope
 from stratus.api.cvm.auth import authenticate
 from stratus.api.cvm.endpoint import read_body
 from stratus.api.cvm.params import ActionSchema, parse_int64, parse_json, validate
-from stratus.catalog.models import ExportObject
-from stratus.domain import errors
-from stratus.service import uploads
+from stratus.domain import chunkframes, errors
+from stratus.service import chunked, downloads, uploads
 from stratus.service.context import Services
 
 COMMIT_EVERY = 256 * 1024 * 1024  # make progress durable at least this often during one request
@@ -99,6 +97,8 @@ async def _bounded(stream: AsyncIterator[bytes], idle: float, total: float) -> A
         yield chunk
 
 
+MAX_MANIFEST_BYTES = 40 * 1024 * 1024  # the SMF2 manifest of the largest disk (32000 GiB of 1 MiB data chunks)
+READ_CHUNKS = ActionSchema({"Digests": [str]}, required=frozenset({"Digests"}))
 CREATE_UPLOAD = ActionSchema({"Size": int, "Name": str, "Format": str}, required=frozenset({"Size"}))
 
 
@@ -116,7 +116,12 @@ def routes(svc: Services) -> list[Route]:
             )
         except Exception as exc:
             return _error(exc, rid)
-        return _ok(rid, status.as_json())
+        return _ok(rid, with_chunk_size(request, status.as_json()))
+
+    def with_chunk_size(request: Request, fields: dict[str, Any]) -> dict[str, Any]:
+        # The chunk size of the caller's region: what a chunked upload's manifest must use.
+        region = svc.settings.region(request.headers.get("x-tc-region") or "")
+        return {**fields, "ChunkSize": region.chunk_size} if region is not None else fields
 
     async def show(request: Request) -> Response:
         rid = str(uuid.uuid4())
@@ -125,7 +130,7 @@ def routes(svc: Services) -> list[Route]:
             status = await run_in_threadpool(uploads.get_upload, svc, caller, request.path_params["upload_id"])
         except Exception as exc:
             return _error(exc, rid)
-        return _ok(rid, status.as_json())
+        return _ok(rid, with_chunk_size(request, status.as_json()))
 
     async def append(request: Request) -> Response:
         rid = str(uuid.uuid4())
@@ -173,25 +178,13 @@ def routes(svc: Services) -> list[Route]:
         rid = str(uuid.uuid4())
         try:
             caller = await run_in_threadpool(authenticate, svc, request, b"")
-            region = svc.region(request.headers.get("x-tc-region"))
-            bucket_name, key = request.path_params["bucket"], request.path_params["key"]
-            bucket = region.bucket(bucket_name)
-
-            def lookup() -> ExportObject | None:
-                with svc.db.read() as s:
-                    return s.scalar(select(ExportObject).where(
-                        ExportObject.region == region.name, ExportObject.bucket == bucket_name,
-                        ExportObject.key == key, ExportObject.account_id == caller.account_id))
-
-            obj = await run_in_threadpool(lookup) if bucket else None
-            if obj is None or bucket is None:
-                raise errors.ResourceNotFound(detail=f"No object {key!r} in bucket {bucket_name!r}.")
-            if obj.state != "DONE":
-                raise errors.InvalidParameterValue(detail=f"The export of {key!r} is {obj.state}; wait for it.")
-            objects = svc.export_objects(region.name, bucket_name)
-            if objects is not None:
-                return await _s3_download(request, rid, objects, key)
-            path = bucket.path / key
+            found = await run_in_threadpool(downloads.authorize_download, svc, caller,
+                                            request.headers.get("x-tc-region"), request.path_params["bucket"],
+                                            request.path_params["key"])
+            key = found.key
+            if found.path is None:
+                return await _s3_download(request, rid, found.objects, key)
+            path = found.path
             if "extents" in request.query_params:
                 # Where the file holds data: a client fetches only those ranges and leaves holes as holes,
                 # instead of streaming every zero of a sparse raw disk.
@@ -226,8 +219,73 @@ def routes(svc: Services) -> list[Route]:
         return StreamingResponse(iterate_in_threadpool(pieces), status_code=status, headers=headers,
                                  media_type="application/octet-stream")
 
+    async def manifest(request: Request) -> Response:
+        rid = str(uuid.uuid4())
+        try:
+            body = await read_body(request, MAX_MANIFEST_BYTES)
+            caller = await run_in_threadpool(authenticate, svc, request, body)
+            answer = await run_in_threadpool(chunked.set_manifest, svc, caller, request.path_params["upload_id"],
+                                             request.headers.get("x-tc-region"), body)
+        except Exception as exc:
+            return _error(exc, rid)
+        return _ok(rid, answer.as_json())
+
+    async def put_chunks(request: Request) -> Response:
+        rid = str(uuid.uuid4())
+        try:
+            # Unsigned payload, like a PUT of file bytes: every chunk is verified against its digest instead.
+            caller = await run_in_threadpool(authenticate, svc, request, b"")
+            body = await read_body(request, chunked.MAX_BATCH_BYTES)
+            digest = request.path_params.get("digest")
+            records = [(digest, memoryview(body))] if digest else chunked.parse_chunks(body)
+            await run_in_threadpool(chunked.put_chunks, svc, caller, request.path_params["upload_id"], records)
+        except Exception as exc:
+            return _error(exc, rid)
+        # Not whether the store already had them: that would tell this account about another's data.
+        return _ok(rid, {"Received": len(records)})
+
+    async def image_manifest(request: Request) -> Response:
+        rid = str(uuid.uuid4())
+        try:
+            caller = await run_in_threadpool(authenticate, svc, request, b"")
+            region = svc.region(request.headers.get("x-tc-region")).name
+            index = parse_int64(request.path_params["index"], "disk index")
+            found = await run_in_threadpool(chunked.export_manifest, svc, caller, region,
+                                            request.path_params["image_id"], index)
+        except Exception as exc:
+            return _error(exc, rid)
+        return Response(found.encode(), media_type="application/octet-stream")
+
+    async def get_chunks(request: Request) -> Response:
+        rid = str(uuid.uuid4())
+        try:
+            digest = request.path_params.get("digest")
+            body = b"" if digest else await read_body(request, 64 * 1024)
+            caller = await run_in_threadpool(authenticate, svc, request, body)
+            region = svc.region(request.headers.get("x-tc-region")).name
+            if digest:
+                digests = [digest]
+            else:
+                digests = validate(parse_json(body), READ_CHUNKS, "POST /images/{id}/chunks")["Digests"]
+                if len(digests) > chunked.MAX_READ_CHUNKS:
+                    raise errors.InvalidParameterValue(detail=f"At most {chunked.MAX_READ_CHUNKS} digests per request.")
+            datas = await run_in_threadpool(chunked.read_chunks, svc, caller, region,
+                                            request.path_params["image_id"], digests)
+        except Exception as exc:
+            return _error(exc, rid)
+        if digest:
+            return Response(datas[0], media_type="application/octet-stream")
+        return StreamingResponse(chunkframes.encode(zip(digests, datas, strict=True)),
+                                 media_type="application/octet-stream")
+
     return [
         Route("/uploads", create, methods=["POST"]),
+        Route("/uploads/{upload_id}/manifest", manifest, methods=["POST"]),
+        Route("/uploads/{upload_id}/chunks", put_chunks, methods=["POST"]),
+        Route("/uploads/{upload_id}/chunks/{digest}", put_chunks, methods=["PUT"]),
+        Route("/images/{image_id}/disks/{index}/manifest", image_manifest, methods=["GET"]),
+        Route("/images/{image_id}/chunks", get_chunks, methods=["POST"]),
+        Route("/images/{image_id}/chunks/{digest}", get_chunks, methods=["GET"]),
         Route("/uploads/{upload_id}", show, methods=["GET"]),
         Route("/uploads/{upload_id}", append, methods=["PUT"]),
         Route("/buckets/{bucket}/{key:path}", download, methods=["GET"]),

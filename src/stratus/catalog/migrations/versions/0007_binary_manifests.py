@@ -27,7 +27,7 @@ _manifests = sa.table(
 )
 
 
-def _rewrite(convert) -> None:  # type: ignore[no-untyped-def]
+def _rewrite(convert) -> None:
     conn = op.get_bind()
     keys = conn.execute(sa.select(_manifests.c.region, _manifests.c.digest)).all()
     for region, digest in keys:

@@ -1,9 +1,11 @@
-"""Builders for hostile and normal disk images, for tests (unit and end-to-end).
+"""Builders for hostile and normal disk images, for tests (unit and end-to-end); test-only, not shipped.
 
 Each builder takes a target directory, writes one file there and returns its path. Hostile files are made
 the way an attacker would: a real qemu-img image, then a few bytes patched (offsets are from the format
 specs: qcow2 docs/interop/qcow2.txt, VMDK 5.0 "Virtual Disk Format", VHD spec 1.0, LUKS1 on-disk format).
-Every qemu-img call goes through :mod:`stratus.disk.qemu_img`. Images are small (MiBs) on purpose.
+Formats Stratus reads are made through :mod:`stratus.disk.qemu_img`; the ones only an attacker sends (qed, luks,
+vdi, vhdx, an encrypted qcow2) through `_create_foreign`, so the product's qemu-img wrapper has no switch that
+exists only for tests. Images are small (MiBs) on purpose.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import os
 import random
 import struct
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +32,18 @@ TEST_FORMATS: dict[str, tuple[str, dict[str, str], bool]] = {
     "vhd-fixed": ("vpc", {"force_size": "on", "subformat": "fixed"}, False),
 }
 _SUFFIX = {"raw": "raw", "qcow2": "qcow2", "vmdk": "vmdk", "vpc": "vhd"}
+
+
+def _create_foreign(path: Path, fmt: str, size: int, *, options: dict[str, str] | None = None,
+                    objects: tuple[str, ...] = ()) -> None:
+    """`qemu-img create` of a format (or option) stratus.disk.qemu_img refuses to write: trusted input, so no
+    prlimit, only a timeout."""
+    args = ["qemu-img", "create", "-q", "-f", fmt]
+    for obj in objects:
+        args += ["--object", obj]
+    if options:
+        args += ["-o", ",".join(f"{k}={v}" for k, v in options.items())]
+    subprocess.run([*args, str(path), str(size)], check=True, capture_output=True, timeout=120)
 
 
 def _patch(path: Path, offset: int, data: bytes) -> None:
@@ -191,11 +206,11 @@ def qcow2_encrypted(dir: Path | str) -> Path:
     return _slow_build(
         "qcow2-encrypted",
         path,
-        lambda: qemu_img.create(
+        lambda: _create_foreign(
             path,
             "qcow2",
             MiB,
-            objects=["secret,id=sec0,data=stratus"],
+            objects=("secret,id=sec0,data=stratus",),
             options={
                 "encrypt.format": "luks",
                 "encrypt.key-secret": "sec0",
@@ -312,7 +327,7 @@ def vhd_size_mismatch(dir: Path | str) -> Path:
 def qed(dir: Path | str) -> Path:
     """A QED image (the inspector bans the format outright)."""
     path = Path(dir) / "image.qed"
-    qemu_img.create(path, "qed", MiB)
+    _create_foreign(path, "qed", MiB)
     return path
 
 
@@ -322,11 +337,11 @@ def luks(dir: Path | str, version: int = 1) -> Path:
     _slow_build(
         "luks1",
         path,
-        lambda: qemu_img.create(
+        lambda: _create_foreign(
             path,
             "luks",
             MiB,
-            objects=["secret,id=sec0,data=stratus"],
+            objects=("secret,id=sec0,data=stratus",),
             options={"key-secret": "sec0", **_LUKS_OPTIONS},
         ),
     )
@@ -337,13 +352,13 @@ def luks(dir: Path | str, version: int = 1) -> Path:
 
 def vdi(dir: Path | str) -> Path:
     path = Path(dir) / "image.vdi"
-    qemu_img.create(path, "vdi", MiB)
+    _create_foreign(path, "vdi", MiB)
     return path
 
 
 def vhdx(dir: Path | str) -> Path:
     path = Path(dir) / "image.vhdx"
-    qemu_img.create(path, "vhdx", MiB)
+    _create_foreign(path, "vhdx", MiB)
     return path
 
 
