@@ -1,0 +1,72 @@
+"""DescribeImages at 100,000 images: covering indexes for every kind and filter, tags by key, trigrams
+
+The two kind indexes become covering ones: each kind (the caller's own, public, shared) is an index range
+whose entries also carry every column a DescribeImages filter compares, so counting and paging with any
+filter reads the index alone instead of looking up one table row per image (~5 µs each: 100 ms for 20,000
+images on SQLite). Shared images are found by id in a third covering index. Tag filters probe a set built
+from an index on (key, value). On PostgreSQL, trigram GIN indexes (pg_trgm) serve the substring filters
+(`image-name`, `platform`) when the pattern is selective; where the extension can't be created the migration
+says so and goes on without them (the filters still work, by the covering scan).
+
+Revision ID: 0010_describe_indexes
+Revises: 0007
+"""
+
+import logging
+
+from alembic import op
+from sqlalchemy.exc import DBAPIError
+
+revision = "0010_describe_indexes"
+down_revision = "0007"
+branch_labels = None
+depends_on = None
+
+FILTERED = ["state", "architecture", "os_type", "source", "family", "platform", "name"]
+OWNER_COLS = ["region", "owner_id", "is_public", "created_at", "id", *FILTERED]
+PUBLIC_COLS = ["region", "is_public", "created_at", "id", *FILTERED]
+ID_COLS = ["id", "region", "owner_id", "is_public", "created_at", *FILTERED]
+TRIGRAM = {"ix_images_name_trgm": "name", "ix_images_platform_trgm": "platform"}
+
+log = logging.getLogger("alembic.runtime.migration")
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("images") as batch:
+        batch.drop_index("ix_images_region_public_created")
+        batch.drop_index("ix_images_region_owner_public_created")
+        batch.create_index("ix_images_owner_cover", OWNER_COLS)
+        batch.create_index("ix_images_public_cover", PUBLIC_COLS)
+        batch.create_index("ix_images_id_cover", ID_COLS)
+    op.create_index("ix_image_tags_key_value", "image_tags", ["key", "value", "image_id"])
+    op.create_index("ix_image_tags_value", "image_tags", ["value", "image_id"])
+    op.create_index("ix_image_shares_account_image", "image_shares", ["account_id", "image_id"])
+    bind = op.get_bind()
+    if bind.dialect.name != "postgresql":
+        return
+    try:
+        with bind.begin_nested():
+            bind.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+    except DBAPIError as exc:
+        log.warning("pg_trgm can't be created (%s): the image-name and platform filters scan the caller's "
+                    "images instead of a trigram index; `CREATE EXTENSION pg_trgm` as a superuser, then "
+                    "run the migration again", str(exc.orig).strip())
+        return
+    for name, column in TRIGRAM.items():
+        bind.exec_driver_sql(f"CREATE INDEX IF NOT EXISTS {name} ON images USING gin ({column} gin_trgm_ops)")
+
+
+def downgrade() -> None:
+    bind = op.get_bind()
+    if bind.dialect.name == "postgresql":
+        for name in TRIGRAM:
+            bind.exec_driver_sql(f"DROP INDEX IF EXISTS {name}")
+    op.drop_index("ix_image_shares_account_image", "image_shares")
+    op.drop_index("ix_image_tags_value", "image_tags")
+    op.drop_index("ix_image_tags_key_value", "image_tags")
+    with op.batch_alter_table("images") as batch:
+        batch.drop_index("ix_images_id_cover")
+        batch.drop_index("ix_images_public_cover")
+        batch.drop_index("ix_images_owner_cover")
+        batch.create_index("ix_images_region_owner_public_created", ["region", "owner_id", "is_public", "created_at"])
+        batch.create_index("ix_images_region_public_created", ["region", "is_public", "created_at"])
