@@ -268,7 +268,7 @@ def describe_images(
             else:  # each kind's head on its own index, merged: at most `window` rows of each
                 merged = union_all(*(select(h.subquery()) for h in heads)).subquery()
                 page = (select(merged.c.created_at, merged.c.id)
-                        .order_by(merged.c.created_at.desc(), merged.c.id.desc()).limit(window).offset(offset))
+                        .order_by(merged.c.created_at.desc(), merged.c.id.desc()).limit(limit).offset(offset))
             page_ids = [row[1] for row in conn.execute(page)]
         views = _image_views(conn, page_ids)
     return ImagePage(total, [views[i] for i in page_ids if i in views])

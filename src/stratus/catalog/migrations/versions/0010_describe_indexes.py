@@ -44,16 +44,34 @@ def upgrade() -> None:
     bind = op.get_bind()
     if bind.dialect.name != "postgresql":
         return
-    try:
-        with bind.begin_nested():
-            bind.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS pg_trgm")
-    except DBAPIError as exc:
-        log.warning("pg_trgm can't be created (%s): the image-name and platform filters scan the caller's "
-                    "images instead of a trigram index; `CREATE EXTENSION pg_trgm` as a superuser, then "
-                    "run the migration again", str(exc.orig).strip())
+    schema = _trgm_schema(bind)
+    if schema is None:
         return
     for name, column in TRIGRAM.items():
-        bind.exec_driver_sql(f"CREATE INDEX IF NOT EXISTS {name} ON images USING gin ({column} gin_trgm_ops)")
+        opclass = f'"{schema}".gin_trgm_ops'
+        bind.exec_driver_sql(f"CREATE INDEX IF NOT EXISTS {name} ON images USING gin ({column} {opclass})")
+
+
+def _trgm_schema(bind) -> str | None:  # type: ignore[no-untyped-def]
+    """The schema pg_trgm lives in, creating it in `public` if it isn't there (a catalog in its own schema
+    shares the one extension, and dropping that schema must not drop it); None if it can't be created."""
+    query = ("SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
+             "WHERE e.extname = 'pg_trgm'")
+    schema = bind.exec_driver_sql(query).scalar()
+    if schema is not None:
+        return str(schema)
+    error = ""
+    for create in ("CREATE EXTENSION IF NOT EXISTS pg_trgm SCHEMA public", "CREATE EXTENSION IF NOT EXISTS pg_trgm"):
+        try:
+            with bind.begin_nested():
+                bind.exec_driver_sql(create)
+            return str(bind.exec_driver_sql(query).scalar())
+        except DBAPIError as exc:
+            error = str(exc.orig).strip()
+    log.warning("pg_trgm can't be created (%s): the image-name and platform filters scan the caller's images "
+                "instead of a trigram index; run `CREATE EXTENSION pg_trgm` as a superuser, then migrate again",
+                error)
+    return None
 
 
 def downgrade() -> None:
