@@ -258,6 +258,17 @@ def describe_at_scale(work: Path, db_url: str, images: int, calls: int) -> dict[
         t0 = time.perf_counter()
         counts = populate_catalog(server.db_url, server.creds["AccountId"], images, 12)
         t_insert = time.perf_counter() - t0
+        # Planner statistics, as the server's start (migrate.analyze) and, on PostgreSQL, autovacuum (which
+        # also sets the visibility map that index-only scans need) would have them for a catalog this size.
+        from stratus.catalog import migrate
+        from stratus.catalog.db import open_database
+
+        db = open_database(server.db_url)
+        if db.is_postgresql:
+            with db.write_engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
+                c.exec_driver_sql("VACUUM ANALYZE")
+        migrate.analyze(db)
+        db.dispose()
         if server.db_url.startswith("sqlite"):
             name, image_id = sqlite3.connect(server.db_path).execute(
                 "SELECT name, id FROM images WHERE owner_id = ? AND region = ? LIMIT 1 OFFSET 77",
