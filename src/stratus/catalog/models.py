@@ -50,12 +50,22 @@ class ApiKey(Base):
     account: Mapped[Account] = relationship(back_populates="keys")
 
 
+# The columns DescribeImages filters compare, carried in the covering indexes of `images`.
+_FILTERED = ("state", "architecture", "os_type", "source", "family", "platform", "name")
+# PostgreSQL only, created by migration 0010 where pg_trgm can be: GIN trigram indexes for the substring
+# filters. Not declared on the models (SQLite has no such index); the migration test knows them.
+TRIGRAM_INDEXES = frozenset({"ix_images_name_trgm", "ix_images_platform_trgm"})
+
+
 class Image(Base):
     __tablename__ = "images"
     __table_args__ = (
         UniqueConstraint("owner_id", "region", "name", name="uq_image_owner_region_name"),
-        Index("ix_images_region_public_created", "region", "is_public", "created_at"),
-        Index("ix_images_region_owner_public_created", "region", "owner_id", "is_public", "created_at"),
+        # Covering indexes (migration 0010): each DescribeImages kind is a range of one of them, and its
+        # entries carry every filtered column, so counting and paging never read table rows.
+        Index("ix_images_owner_cover", "region", "owner_id", "is_public", "created_at", "id", *_FILTERED),
+        Index("ix_images_public_cover", "region", "is_public", "created_at", "id", *_FILTERED),
+        Index("ix_images_id_cover", "id", "region", "owner_id", "is_public", "created_at", *_FILTERED),
         Index("ix_images_family", "region", "family"),
     )
 
@@ -126,6 +136,9 @@ class Manifest(Base):
 
 class ImageTag(Base):
     __tablename__ = "image_tags"
+    # Tag filters build the set of matching image ids from this index (migration 0010).
+    __table_args__ = (Index("ix_image_tags_key_value", "key", "value", "image_id"),
+                      Index("ix_image_tags_value", "value", "image_id"))
 
     image_id: Mapped[str] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
     key: Mapped[str] = mapped_column(String(128), primary_key=True)
@@ -134,6 +147,8 @@ class ImageTag(Base):
 
 class ImageShare(Base):
     __tablename__ = "image_shares"
+    # The ids shared with an account, from the index alone (migration 0010).
+    __table_args__ = (Index("ix_image_shares_account_image", "account_id", "image_id"),)
 
     image_id: Mapped[str] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), primary_key=True, index=True)

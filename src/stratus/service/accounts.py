@@ -78,17 +78,18 @@ def revoke_key(svc: Services, secret_id: str) -> None:
         key.revoked_at = time.time()
 
 
+# Every authenticated request runs this: plain SQL on a pooled connection (Database.fetch_one).
+_KEY_SQL = ("SELECT k.secret_key, k.revoked_at, a.id, a.is_operator FROM api_keys k "
+            "JOIN accounts a ON a.id = k.account_id WHERE k.secret_id = ?")
+
+
 def lookup_key(svc: Services, secret_id: str) -> tuple[str, Caller]:
-    """The secret key and the caller for a SecretId; AuthFailure.SecretIdNotFound if unknown or revoked."""
-    with svc.db.read() as s:
-        row = s.execute(
-            select(ApiKey.secret_key, ApiKey.revoked_at, Account.id, Account.is_operator)
-            .join(Account, Account.id == ApiKey.account_id)
-            .where(ApiKey.secret_id == secret_id)
-        ).first()
-    if row is None or row.revoked_at is not None:
+    """The secret key and the caller for a SecretId; AuthFailure.SecretIdNotFound if unknown or revoked.
+    Read on every request, never cached: a revoked key is refused at once."""
+    row = svc.db.fetch_one(_KEY_SQL, (secret_id,))
+    if row is None or row[1] is not None:
         raise errors.AuthFailureSecretIdNotFound()
-    return row.secret_key, Caller(row.id, row.is_operator)
+    return row[0], Caller(row[2], bool(row[3]))
 
 
 def account_exists(svc: Services, account_id: str) -> bool:
