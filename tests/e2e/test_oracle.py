@@ -165,3 +165,35 @@ def _is_chunk_of(chunk: Path, disk: Path) -> bool:
             if block == data:
                 return True
     return False
+
+
+def _written(server: Server) -> int:
+    """Bytes the server process has written to storage (its threads' writes, fsynced or not)."""
+    assert server.proc is not None
+    fields = dict(line.split(": ") for line in Path(f"/proc/{server.proc.pid}/io").read_text().splitlines())
+    return int(fields["write_bytes"])
+
+
+def test_an_import_costs_the_same_whether_or_not_the_store_held_its_chunks(
+        server: Server, web: tuple[Path, str]) -> None:
+    """The duration of an import is part of what its account reads (DescribeTasks CreatedTime/FinishedTime):
+    a chunk another account already stored is written (and thrown away) like a new one, so an import of
+    data someone else holds does the same I/O as one of data no one holds. Measured as the bytes the server
+    writes, which time follows."""
+    import os
+
+    directory, url = web
+    first, second, third = server.account("w-first"), server.account("w-second"), server.account("w-third")
+    shared = directory / "shared-16m.raw"
+    shared.write_bytes(os.urandom(16 * MiB))
+    own = directory / "own-16m.raw"
+    own.write_bytes(os.urandom(16 * MiB))
+    _import(server, first, "held", f"{url}/{shared.name}")
+    before = _written(server)
+    _import(server, second, "held", f"{url}/{shared.name}")  # every chunk already in the store
+    held = _written(server) - before
+    before = _written(server)
+    _import(server, third, "fresh", f"{url}/{own.name}")  # no chunk in the store
+    fresh = _written(server) - before
+    assert fresh >= 16 * MiB, fresh
+    assert held >= 0.9 * fresh, (held, fresh)

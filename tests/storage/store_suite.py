@@ -219,6 +219,20 @@ def test_writer_reuses_what_the_store_has(store: ChunkStore) -> None:
     assert (w.new_chunks, w.reused_chunks) == (1, 1)
 
 
+def test_a_concealing_writer_reuses_without_a_trace(store: ChunkStore) -> None:
+    """conceal_present: a present chunk is written somewhere and thrown away (the cost of a new one), yet
+    the store ends as it would have: one copy, nothing left over, the same counts."""
+    old = os.urandom(PAGE)
+    store.put(digest(old), old)
+    with store.writer(expected=1000, conceal_present=True) as w:
+        assert w.put_data(old) == (digest(old), False)
+        assert w.put_data(b"new" * 100) == (digest(b"new" * 100), True)
+    assert (w.new_chunks, w.reused_chunks) == (1, 1)
+    stats = store.stats()
+    assert (stats.chunks, stats.temp_files) == (2, 0), stats
+    assert store.get(digest(old)) == old
+
+
 def test_writer_rewrites_a_chunk_deleted_under_it(store: ChunkStore) -> None:
     data = os.urandom(PAGE)
     d = digest(data)

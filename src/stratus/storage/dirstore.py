@@ -273,10 +273,11 @@ class DirStore:
         trash.unlink()
         return True
 
-    def writer(self, expected: int | None = None) -> ChunkWriter:
+    def writer(self, expected: int | None = None, *, conceal_present: bool = False) -> ChunkWriter:
         """A batch writer: chunk files are fsynced as written, their directories once at commit().
-        (``expected``, the number of chunks the batch may write, matters to object stores only.)"""
-        return ChunkWriter(self)
+        (``expected``, the number of chunks the batch may write, matters to object stores only;
+        ``conceal_present``: see :meth:`ChunkStore.writer`.)"""
+        return ChunkWriter(self, conceal_present=conceal_present)
 
     # --- listing
 
@@ -371,6 +372,26 @@ class DirStore:
             raise
         dirty.add(leaf)
 
+    def write_decoy(self, data: bytes | bytearray | memoryview) -> None:
+        """Write ``data`` as durably as a new chunk (same path: O_DIRECT where it works, fsync), then delete
+        it: what a present chunk costs a writer that must not reveal it was present. A crash leaves a
+        scratch file, which gc sweeps."""
+        tmp = self.scratch_dir / f"{TEMP_PREFIX}decoy.{secrets.token_hex(8)}"
+        view = memoryview(data).cast("B")
+        try:
+            direct = self._direct_view(view)
+            try:
+                self._write_file(tmp, direct if direct is not None else view, os.O_DIRECT if direct is not None else 0)
+            except OSError as exc:
+                if direct is None or exc.errno != errno.EINVAL:
+                    raise
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+                self._write_file(tmp, view, 0)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
     def _write_file(self, tmp: Path, view: memoryview, extra_flags: int) -> None:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | extra_flags
         fd = os.open(tmp, flags, _CHUNK_MODE)
@@ -419,8 +440,9 @@ class ChunkWriter:
     Digests already written or touched through this writer are not touched again.
     """
 
-    def __init__(self, store: DirStore) -> None:
+    def __init__(self, store: DirStore, *, conceal_present: bool = False) -> None:
         self.store = store
+        self.conceal_present = conceal_present
         self._lock = threading.Lock()
         self._dirty: set[Path] = set()
         self._seen: set[str] = set()
@@ -449,6 +471,8 @@ class ChunkWriter:
             self._seen.add(digest)
         try:
             if self.store.touch(digest):
+                if self.conceal_present:
+                    self.store.write_decoy(data)
                 with self._lock:
                     self.reused_chunks += 1
                 return False

@@ -29,6 +29,7 @@ Only this module imports botocore: every S3 error is translated here.
 
 from __future__ import annotations
 
+import secrets
 import tempfile
 import threading
 import time
@@ -212,6 +213,14 @@ class S3Store:
     def _put_object(self, digest: str, data: bytes | bytearray | memoryview) -> None:
         self._call("put_object", Bucket=self.bucket, Key=self.key_for(digest), Body=bytes(data))
 
+    def write_decoy(self, data: bytes | bytearray | memoryview) -> None:
+        """PUT ``data`` under a throwaway key and DELETE it: what a present chunk costs a writer that must
+        not reveal it was present (see :meth:`ChunkStore.writer`). A crash in between leaves one object
+        under ``decoy/``, outside the chunk namespace."""
+        key = f"{self.prefix}decoy/{secrets.token_hex(8)}"
+        self._call("put_object", Bucket=self.bucket, Key=key, Body=bytes(data))
+        self._call("delete_object", Bucket=self.bucket, Key=key)
+
     def get(self, digest: str) -> bytes:
         """The chunk's bytes, re-hashed: ChunkMissing if absent, ChunkCorrupt if they don't match."""
         key = self.key_for(digest)
@@ -311,10 +320,10 @@ class S3Store:
                        CopySource={"Bucket": self.bucket, "Key": trash})
         self._call("delete_object", Bucket=self.bucket, Key=trash)
 
-    def writer(self, expected: int | None = None) -> S3ChunkWriter:
+    def writer(self, expected: int | None = None, *, conceal_present: bool = False) -> S3ChunkWriter:
         """A batch writer; ``expected`` (how many chunks the batch may write) picks how it learns which
         the store has: a LIST of the store when the batch is large, a HEAD per chunk when it is small."""
-        return S3ChunkWriter(self, list_store=(expected or 0) >= LIST_FROM)
+        return S3ChunkWriter(self, list_store=(expected or 0) >= LIST_FROM, conceal_present=conceal_present)
 
     # --- listing
 
@@ -387,9 +396,10 @@ class S3ChunkWriter:
     itself, since this writer's task is running (see :meth:`S3Store.delete`).
     """
 
-    def __init__(self, store: S3Store, *, list_store: bool = True) -> None:
+    def __init__(self, store: S3Store, *, list_store: bool = True, conceal_present: bool = False) -> None:
         self.store = store
         self.list_store = list_store
+        self.conceal_present = conceal_present
         self._lock = threading.Lock()
         self._listed: dict[str, threading.Event] = {}
         self._known: set[str] = set()
@@ -416,6 +426,8 @@ class S3ChunkWriter:
             self._seen.add(digest)
         try:
             if self._known_present(digest):
+                if self.conceal_present:
+                    self.store.write_decoy(data)
                 with self._lock:
                     self.reused_chunks += 1
                 return False
