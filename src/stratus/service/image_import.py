@@ -47,7 +47,7 @@ UPLOAD_SCHEME = "upload://"
 
 
 def _check_source_url(svc: Services, s: Session, caller: Caller, url: str, force: bool) -> dict[str, Any]:
-    from stratus.storage.fetch import FetchRefused, check_url_syntax
+    from stratus.storage.url_policy import FetchRefused, check_url_syntax
 
     if url.startswith(UPLOAD_SCHEME):
         upload_id = url[len(UPLOAD_SCHEME):]
