@@ -18,12 +18,14 @@ from stratus.domain.states import ImageState, ImageType
 from stratus.service.context import Caller
 
 
-def visible_clause(caller: Caller, region: str) -> Any:
+def _visible_anywhere(caller: Caller) -> Any:
     shared = select(ImageShare.image_id).where(ImageShare.account_id == caller.account_id)
-    return and_(
-        Image.region == region,
-        or_(Image.is_public, Image.owner_id == caller.account_id, Image.id.in_(shared)),
-    )
+    return or_(Image.is_public, Image.owner_id == caller.account_id, Image.id.in_(shared))
+
+
+def visible_clause(caller: Caller, region: str) -> Any:
+    """The images the caller sees in the region, as a WHERE clause."""
+    return and_(Image.region == region, _visible_anywhere(caller))
 
 
 def image_type(image: Image, caller: Caller) -> ImageType:
@@ -58,10 +60,8 @@ def get_visible(s: Session, caller: Caller, region: str, image_id: str, *, for_u
 def not_found(s: Session, caller: Caller, region: str, image_id: str) -> errors.CvmError:
     """InvalidImageId.NotFound; when the caller can see the id in another region, the message says where (an id
     is unique across regions, so this tells nothing the caller couldn't list)."""
-    shared = select(ImageShare.image_id).where(ImageShare.account_id == caller.account_id)
     elsewhere = s.scalars(select(Image.region).where(
-        Image.id == image_id, Image.region != region,
-        or_(Image.is_public, Image.owner_id == caller.account_id, Image.id.in_(shared)))).first()
+        Image.id == image_id, Image.region != region, _visible_anywhere(caller))).first()
     if elsewhere is None:
         return errors.InvalidImageIdNotFound(image_id=image_id)
     return errors.InvalidImageIdNotFound(
