@@ -209,7 +209,7 @@ def split_profile(server: Server, params: dict[str, Any], n: int) -> dict[str, f
     from stratus.api.cvm import envelope, shapes
     from stratus.config import load_settings
     from stratus.service.context import Caller, Services
-    from stratus.service.images import describe_images
+    from stratus.service.image_describe import describe_images
 
     settings = load_settings(data_dir=server.data_dir, config_file=server.config, env=server.env(False))
     svc = Services.open(settings)

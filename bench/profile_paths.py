@@ -365,7 +365,7 @@ def profile_describe(work: Path, n: int) -> None:
     from stratus.catalog.models import Account
     from stratus.config import load_settings
     from stratus.service.context import Caller, Services
-    from stratus.service.images import describe_images
+    from stratus.service.image_describe import describe_images
 
     data_dir = work / "data"
     url = f"sqlite:///{data_dir / 'catalog.db'}"

@@ -558,7 +558,7 @@ def inprocess_describe(server: Server, filters: list[dict[str, Any]] | None, n: 
     from stratus.api.cvm import shapes
     from stratus.config import load_settings
     from stratus.service.context import Caller, Services
-    from stratus.service.images import describe_images
+    from stratus.service.image_describe import describe_images
 
     env = server.env(False)
     settings = load_settings(data_dir=server.data_dir, config_file=server.config, env=env)

@@ -14,7 +14,7 @@ from stratus.catalog import migrate
 from stratus.catalog.models import Account, Image, ImageDisk, ImageShare, ImageTag
 from stratus.config import load_settings
 from stratus.service.context import Caller, Services
-from stratus.service.images import describe_images
+from stratus.service.image_describe import describe_images
 
 REGION = "ap-guangzhou"
 ME, OTHER = "acc-me000001", "acc-other0001"

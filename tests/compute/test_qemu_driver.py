@@ -30,12 +30,12 @@ from stratus.compute.qemu_driver import (
     CONSOLE_LOG,
     LAUNCHER_PID,
     QEMU_PID,
-    QMP_SOCK,
     SEED_ISO,
     QemuDriver,
     build_argv,
     vm_name,
 )
+from stratus.compute.qmp import QMP_SOCK, qmp
 from tests.compute.driver_suite import DriverSuite, ExitRecorder, wait_for
 
 _missing = tinyimage.missing_tools()
@@ -253,7 +253,7 @@ def test_adopt_after_a_real_server_crash(vms) -> None:
     again, and its death still reaches the exit callback (returncode unknown)."""
     spec = vms()
     start_in_another_process(spec)
-    qemu_driver.qmp(spec.workdir, "stop")  # it died in the middle of a capture
+    qmp(spec.workdir, "stop")  # it died in the middle of a capture
     driver = QemuDriver()
     exits = ExitRecorder()
     driver.set_exit_callback(exits)

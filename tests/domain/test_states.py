@@ -27,7 +27,7 @@ from stratus.domain.states import (
     check_instance,
     check_task,
 )
-from stratus.service.images import set_image_state
+from stratus.service.image_rules import set_image_state
 from stratus.service.instances import set_states
 from stratus.tasks.runner import TaskContext, TaskRunner, enqueue
 from tests.conftest import new_db_url

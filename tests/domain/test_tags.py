@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from stratus.domain import errors, tags
-from stratus.service.images import validate_tags as image_tags
+from stratus.service.image_rules import validate_tags as image_tags
 from stratus.service.instances import validate_tags as instance_tags
 
 

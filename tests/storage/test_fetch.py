@@ -18,15 +18,8 @@ from typing import Any
 import pytest
 
 from stratus.storage import fetch
-from stratus.storage.fetch import (
-    FetchError,
-    FetchFailed,
-    FetchRefused,
-    check_url_syntax,
-    denied_reason,
-    fetch_url,
-    is_address_allowed,
-)
+from stratus.storage.fetch import FetchError, FetchFailed, FetchRefused, fetch_url
+from stratus.storage.url_policy import check_url_syntax, denied_reason, is_address_allowed
 
 ALT_LOOPBACK = "127.0.0.2"  # the "allowed" server; 127.0.0.1 plays the forbidden internal service
 ALLOW_ALT = [ipaddress.ip_network("127.0.0.2/32")]

@@ -20,10 +20,10 @@ from stratus.compute.driver import get_driver
 from stratus.domain import errors, ids
 from stratus.domain.states import ImageSource, ImageState
 from stratus.service.context import Caller, Services
-from stratus.service.images import (
+from stratus.service.image_rules import (
     DryRunPassed,
-    _commit_or_duplicate,
     check_name_free,
+    commit_or_duplicate,
     reserve_quota,
     set_image_state,
     validate_description,
@@ -107,7 +107,7 @@ def create_image(
             ]
             image.tags = [ImageTag(key=k, value=v) for k, v in (tags or [])]
             s.add(image)
-            _commit_or_duplicate(s, name, region)
+            commit_or_duplicate(s, name, region)
             inst.latest_operation, inst.latest_operation_state, inst.latest_operation_error = (
                 "CreateImage", "OPERATING", None)
             check_tasks(svc, s, caller.account_id)  # limits.tasks_per_account

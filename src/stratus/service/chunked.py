@@ -29,12 +29,11 @@ from pathlib import Path
 from stratus.catalog.models import ImageDisk, Upload
 from stratus.domain import chunkframes, errors
 from stratus.domain.manifest import DiskManifest
-from stratus.domain.states import ImageState, ImageType
 from stratus.service.context import Caller, Services
 from stratus.service.disclosure import MANIFEST_DIGESTS, readable_chunks, record_owner
-from stratus.service.images import get_visible, image_type, not_normal
 from stratus.service.manifests import load_manifest
 from stratus.service.uploads import UploadStatus, owned_upload, upload_status
+from stratus.service.visibility import check_exportable, get_visible
 from stratus.storage.chunkstore import ChunkCorrupt, ZeroChunk
 
 _IN_BATCH = 500  # digests per IN (...) query
@@ -175,13 +174,7 @@ def parse_chunks(body: bytes) -> list[tuple[str, memoryview]]:
 def _exportable(svc: Services, caller: Caller, region: str, image_id: str) -> list[ImageDisk]:
     with svc.db.read() as s:
         image = get_visible(s, caller, region, image_id)
-        kind = image_type(image, caller)
-        if kind is ImageType.SHARED:
-            raise errors.SharedImageExportUnsupported(image_id=image_id)
-        if kind is ImageType.PUBLIC and not caller.is_operator:
-            raise errors.PublicImageExportUnsupported(image_id=image_id)
-        if image.state != ImageState.NORMAL:
-            raise not_normal(image)
+        check_exportable(image, caller)
         return list(image.disks)
 
 

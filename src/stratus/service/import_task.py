@@ -26,7 +26,7 @@ from stratus.disk.inspect import Inspection, inspect_file
 from stratus.domain.states import ImageState
 from stratus.service import chunked
 from stratus.service.context import Services
-from stratus.service.images import set_image_state
+from stratus.service.image_rules import set_image_state
 from stratus.service.manifests import record_manifest
 from stratus.storage.fetch import fetch_url
 from stratus.storage.ingest import IngestResult, ingest_disk

@@ -26,8 +26,9 @@ from stratus.domain import errors, ids, tags
 from stratus.domain.states import INSTANCE_BUSY, ImageState, InstanceState, check_instance
 from stratus.service.context import Caller, Services
 from stratus.service.hosts import down_hosts, host_dir, place
-from stratus.service.images import escape_like, find_instance_type, get_visible
+from stratus.service.image_describe import escape_like, find_instance_type
 from stratus.service.limits import check_tasks
+from stratus.service.visibility import get_visible
 from stratus.tasks.runner import enqueue
 
 GiB = 1024**3

@@ -1,7 +1,7 @@
 """Image sharing: an owner grants other accounts the use of a custom image in its region.
 
 A share is a row (image, account, time). The receiver sees the image in that region as SHARED_IMAGE
-(`images._visible`), may launch and reinstall instances from it and sync it into its own custom image in
+(`visibility.visible_clause`), may launch and reinstall instances from it and sync it into its own custom image in
 the same region; it can't modify, delete, export or re-share it (those rules live with each action). The
 owner can't delete or publish an image while it is shared. Cancelling a share hides the image from the
 receiver at once; instances already launched from it are not touched (they run from their own disks).
@@ -18,7 +18,7 @@ from stratus.catalog.models import Account, ImageShare
 from stratus.domain import errors, ids
 from stratus.domain.states import ImageState, ImageType
 from stratus.service.context import Caller, Services
-from stratus.service.images import check_image_id, get_visible, image_type, not_normal
+from stratus.service.visibility import check_image_id, get_visible, image_type, not_normal
 
 # Contract §8: "each custom image can be shared with at most 500 accounts" (older docs: 50).
 MAX_SHARES_PER_IMAGE = 500

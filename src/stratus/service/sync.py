@@ -41,17 +41,10 @@ from stratus.domain.manifest import DiskManifest
 from stratus.domain.states import BUSY_STATES, ImageSource, ImageState, ImageType, check_image
 from stratus.service.context import Caller, Services
 from stratus.service.disclosure import readable_chunks
-from stratus.service.images import (
-    DryRunPassed,
-    check_image_id,
-    check_name_free,
-    get_visible,
-    image_type,
-    reserve_quota,
-    validate_name,
-)
+from stratus.service.image_rules import DryRunPassed, check_name_free, reserve_quota, validate_name
 from stratus.service.limits import check_tasks
 from stratus.service.manifests import ManifestMissing, read_manifests, record_manifest
+from stratus.service.visibility import check_image_id, get_visible, image_type
 from stratus.storage.copy import CopyInterrupted, CopyProgress, copy_chunks
 from stratus.tasks.runner import TaskCancelled, TaskContext, TaskFailed, TaskLost, enqueue
 

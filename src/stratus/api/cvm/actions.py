@@ -12,7 +12,7 @@ from stratus.api.cvm import shapes
 from stratus.api.cvm.params import ActionSchema
 from stratus.api.cvm.table import Action, Call
 from stratus.domain import errors, os_catalog
-from stratus.service import images
+from stratus.service import image_describe, image_export, image_import, image_rules, images, task_status
 
 TAG = {"Key": str, "Value": str}
 TAG_SPEC = [{"ResourceType": str, "Tags": [TAG]}]
@@ -46,7 +46,7 @@ def describe_zones(call: Call) -> dict[str, Any]:
 
 def describe_images(call: Call) -> dict[str, Any]:
     p = call.params
-    page = images.describe_images(
+    page = image_describe.describe_images(
         call.svc, call.caller, call.region or "",
         image_ids=p.get("ImageIds"), filters=p.get("Filters"),
         offset=p.get("Offset", 0), limit=p.get("Limit", 20), instance_type=p.get("InstanceType"),
@@ -56,15 +56,15 @@ def describe_images(call: Call) -> dict[str, Any]:
 
 def import_image(call: Call) -> dict[str, Any]:
     p = call.params
-    req = images.ImportRequest(
+    req = image_import.ImportRequest(
         name=p["ImageName"], os_type=p["OsType"], os_version=p["OsVersion"], architecture=p["Architecture"],
         image_url=p["ImageUrl"], description=p.get("ImageDescription", ""),
         data_disk_urls=[d["ImageUrl"] for d in p.get("ImportImageDataDiskList", [])],
         force=p.get("Force", False), license_type=p.get("LicenseType", "TencentCloud"),
         boot_mode=p.get("BootMode", "Legacy BIOS"), family=p.get("ImageFamily", ""),
-        tags=images.validate_tags(p.get("TagSpecification")), dry_run=p.get("DryRun", False),
+        tags=image_rules.validate_tags(p.get("TagSpecification")), dry_run=p.get("DryRun", False),
     )
-    image_id = images.import_image(call.svc, call.caller, call.region or "", req)
+    image_id = image_import.import_image(call.svc, call.caller, call.region or "", req)
     return {} if image_id is None else {"ImageId": image_id}
 
 
@@ -99,7 +99,7 @@ def delete_images(call: Call) -> dict[str, Any]:
 
 def export_images(call: Call) -> dict[str, Any]:
     p = call.params
-    started = images.export_images(
+    started = image_export.export_images(
         call.svc, call.caller, call.region or "", bucket=p["BucketName"], image_ids=p.get("ImageIds"),
         export_format=p.get("ExportFormat", "RAW"), prefixes=p.get("FileNamePrefixList"),
         only_root_disk=p.get("OnlyExportRootDisk", False), dry_run=p.get("DryRun", False),
@@ -110,12 +110,12 @@ def export_images(call: Call) -> dict[str, Any]:
 
 
 def describe_image_quota(call: Call) -> dict[str, Any]:
-    quota, used = images.describe_image_quota(call.svc, call.caller, call.region or "")
+    quota, used = image_describe.describe_image_quota(call.svc, call.caller, call.region or "")
     return {"ImageNumQuota": quota, "ImageNumUsed": used}
 
 
 def describe_image_from_family(call: Call) -> dict[str, Any]:
-    image = images.describe_image_from_family(call.svc, call.caller, call.region or "",
+    image = image_describe.describe_image_from_family(call.svc, call.caller, call.region or "",
                                               call.params.get("ImageFamily"))
     return {"Image": shapes.image(image, call.caller) if image else None}
 
@@ -127,8 +127,8 @@ def describe_tasks(call: Call) -> dict[str, Any]:
     task_ids = call.params["TaskIds"]
     if len(task_ids) > 100:
         raise errors.InvalidParameterValueLimitExceeded(detail="At most 100 TaskIds per request.")
-    tasks = images.describe_tasks(call.svc, call.caller, task_ids)
-    objects = images.export_objects_of(call.svc, [t.id for t in tasks])
+    tasks = task_status.describe_tasks(call.svc, call.caller, task_ids)
+    objects = task_status.export_objects_of(call.svc, [t.id for t in tasks])
     return {
         "TotalCount": len(tasks),
         "TaskSet": [shapes.task(t, call.caller, ["/" + o.key for o in objects.get(t.id, [])]) for t in tasks],

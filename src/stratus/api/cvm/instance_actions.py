@@ -9,7 +9,7 @@ from stratus.api.cvm import shapes
 from stratus.api.cvm.params import ANY, ActionSchema
 from stratus.api.cvm.table import Action, Call
 from stratus.domain import errors
-from stratus.service import capture, images, instances
+from stratus.service import capture, image_rules, instances, visibility
 
 FILTERS = [{"Name": str, "Values": [str]}]
 TAG_SPEC = [{"ResourceType": str, "Tags": [{"Key": str, "Value": str}]}]
@@ -32,7 +32,7 @@ def run_instances(call: Call) -> dict[str, Any]:
         raise errors.MissingParameter(name="ImageId")
     system = p.get("SystemDisk") or {}
     spec = instances.RunSpec(
-        image_id=images.check_image_id(p["ImageId"]), zone=placement["Zone"],
+        image_id=visibility.check_image_id(p["ImageId"]), zone=placement["Zone"],
         instance_type=p.get("InstanceType", "S5.SMALL1"), count=p.get("InstanceCount", 1),
         system_disk_gib=system.get("DiskSize"), system_disk_type=system.get("DiskType", "CLOUD_PREMIUM"),
         data_disks=[instances.DataDiskSpec(d["DiskSize"], d.get("DiskType", "CLOUD_PREMIUM"),
@@ -80,7 +80,7 @@ def _changer(action: str):
 def reset_instance(call: Call) -> dict[str, Any]:
     p = call.params
     if p.get("ImageId") is not None:
-        images.check_image_id(p["ImageId"])
+        visibility.check_image_id(p["ImageId"])
     instances.reset_instance(call.svc, call.caller, call.region or "", p["InstanceId"], image_id=p.get("ImageId"),
                              system_disk_gib=(p.get("SystemDisk") or {}).get("DiskSize"),
                              user_data=p.get("UserData"), host_name=p.get("HostName"), request_id=call.request_id)
@@ -96,7 +96,7 @@ def create_image(call: Call) -> dict[str, Any]:
         call.svc, call.caller, call.region or "", name=p["ImageName"], instance_id=p.get("InstanceId"),
         snapshot_ids=p.get("SnapshotIds"), data_disk_ids=p.get("DataDiskIds"),
         description=p.get("ImageDescription", ""), force_poweroff=str(force).lower() == "true",
-        family=p.get("ImageFamily", ""), tags=images.validate_tags(p.get("TagSpecification")),
+        family=p.get("ImageFamily", ""), tags=image_rules.validate_tags(p.get("TagSpecification")),
         dry_run=p.get("DryRun", False),
     )
     return {} if image_id is None else {"ImageId": image_id}

@@ -12,7 +12,7 @@ from stratus.catalog.models import Image, Instance, Task
 from stratus.domain.redact import redact_paths
 from stratus.service import disclosure
 from stratus.service.context import Caller, Services
-from stratus.service.images import image_type
+from stratus.service.visibility import image_type
 
 GiB = 1024**3
 
