@@ -79,7 +79,8 @@ def test_import_export_round_trip(server: Server, alice: Account, images_dir: Pa
         task = wait_task(server, alice, resp.TaskId)
         assert task["TaskState"] == "SUCCESS", task
         exported = tmp_path / f"out.{out_fmt.lower()}"
-        server.run("image", "export", image_id, "--format", out_fmt.lower(), "-o", str(exported), env=alice.env())
+        server.run("image", "export", image_id, "--format", out_fmt.lower(), "-o", str(exported), "--whole-file",
+                   env=alice.env())
         assert qemu_img.compare(reference, "raw", exported, driver), f"{fmt} → {out_fmt} differs"
         if out_fmt == "RAW":  # downloaded sparse: the holes of the disk stay holes
             assert exported.stat().st_blocks * 512 < exported.stat().st_size
