@@ -111,7 +111,7 @@ def test_cli_import_with_progress_and_list_show_delete(server: Server, alice: Ac
                      "--os-version", "22", "--format", "vmdk", env=alice.env())
     image_id = res.stdout.strip().splitlines()[-1]
     assert image_id.startswith("img-")
-    assert "upload" in res.stderr  # the progress bars went to stderr
+    assert "hash" in res.stderr and "send" in res.stderr  # the progress bars went to stderr
     shown = json.loads(server.run("image", "show", image_id, env=alice.env()).stdout)
     assert shown["ImageState"] == "NORMAL" and shown["OsName"] == "Ubuntu 22 64bit" and shown["Platform"] == "Ubuntu"
     listed = json.loads(server.run("image", "list", "--json", env=alice.env()).stdout)
