@@ -99,7 +99,8 @@ def can_convert_here(fmt: str, what: str, instead: str) -> bool:
     local qemu-img. Without one, says so and what happens instead (the caller falls back to --whole-file)."""
     if fmt == "raw" or shutil.which("qemu-img") is not None:
         return True
-    console.print(f"{what.format(fmt=fmt)} and this machine has no qemu-img to convert it: will {instead}. "
+    what = what.replace("{fmt}", "vhd" if fmt == "vpc" else fmt)  # not format(): a file name may hold braces
+    console.print(f"{what}, and this machine has no qemu-img to convert it: will {instead}. "
                   f"Install qemu-img ({QEMU_IMG_INSTALL}) to move only the chunks that are missing.",
                   highlight=False, markup=False)
     return False

@@ -228,7 +228,7 @@ def import_(
     if chunked:
         from stratus.cli.chunked import can_convert_here, client_format, import_chunked
 
-        chunked = can_convert_here(client_format(file, fmt), f"{file.name} is a {{fmt}} image", "upload the whole "
+        chunked = can_convert_here(client_format(file, fmt), file.name + " is a {fmt} image", "upload the whole "
                                    "file for the server to convert")
     if chunked:
         upload_id, sent = import_chunked(ep, file, fmt)
@@ -499,7 +499,7 @@ def export(
 
         if base is not None and fmt != "raw" and shutil.which("qemu-img") is None:
             die(f"--base with a {fmt} output needs qemu-img here ({QEMU_IMG_INSTALL}), or export --format raw")
-        chunked = can_convert_here(fmt, "a {fmt} export", "export through the server (--whole-file)")
+        chunked = can_convert_here(fmt, "{fmt} output was asked for", "export through the server (--whole-file)")
     if chunked:
         got = export_chunked(ep, image_id, output, fmt, base)
         console.print(f"fetched {human_bytes(got.sent_bytes)} in {got.sent_chunks} of {got.chunks} data chunks; "
