@@ -184,6 +184,12 @@ def follow_image(ep: Endpoint, image_id: str, busy: str) -> dict[str, Any]:
             time.sleep(0.3)
 
 
+def _chunked_or_whole_file(chunked: str, whole_file: str) -> Any:
+    return typer.Option(True, "--chunked/--whole-file",
+                        help=f"Chunked (the default): {chunked}. --whole-file: {whole_file}; chosen for you for a "
+                        "qcow2/vmdk/vhd when this machine has no qemu-img.")
+
+
 @app.command("upload")
 @sdk_errors
 def upload(
@@ -212,12 +218,10 @@ def import_(
     fmt: str = typer.Option(None, "--format", metavar="FORMAT",
                             help="Declared format (RAW, QCOW2, VMDK, VHD); refused if it is not."),
     no_wait: bool = typer.Option(False, "--no-wait", help="Return once the import has started."),
-    chunked: bool = typer.Option(True, "--chunked/--whole-file",
-                                 help="Chunked (the default): read the disk here (qcow2/vmdk/vhd through this "
-                                 "machine's qemu-img), send only the chunks the server lacks, resumably. "
-                                 "--whole-file: upload the file as it is and let the server check and convert it "
-                                 "(what tccli/SDK users and the console do; chosen for you when a qcow2/vmdk/vhd "
-                                 "meets a machine without qemu-img)."),
+    chunked: bool = _chunked_or_whole_file(
+        "read the disk here (qcow2/vmdk/vhd through this machine's qemu-img), send only the chunks the server "
+        "lacks, resumably", "upload the file as it is and let the server check and convert it (as tccli/SDK "
+        "users and the console do)"),
     endpoint: str = EndpointOpt,
     region: str = RegionOpt,
     json_out: bool = JsonOpt,
@@ -474,12 +478,10 @@ def export(
     fmt: str = typer.Option("raw", "--format", metavar="FORMAT", help="raw, qcow2, vmdk or vhd."),
     output: Path = typer.Option(..., "-o", "--output"),
     bucket: str = typer.Option(DEFAULT_BUCKET, "--bucket", help="The bucket a --whole-file export goes through."),
-    chunked: bool = typer.Option(True, "--chunked/--whole-file",
-                                 help="Chunked (the default): fetch only the image's non-zero chunks straight from "
-                                 "the store, verified and resumable; qcow2/vmdk/vhd are converted here by qemu-img. "
-                                 "--whole-file: the server converts (ExportImages into --bucket) and the file is "
-                                 "downloaded; chosen for you when a qcow2/vmdk/vhd export meets a machine without "
-                                 "qemu-img."),
+    chunked: bool = _chunked_or_whole_file(
+        "fetch only the image's non-zero chunks straight from the store, verified and resumable; qcow2/vmdk/vhd "
+        "are converted here by qemu-img", "the server converts (ExportImages into --bucket) and the file is "
+        "downloaded"),
     base: Path = typer.Option(None, "--base", exists=True, dir_okay=False, readable=True,
                               help="A previous raw export of this image or an ancestor: only chunks that differ "
                               "from it are fetched (chunked only)."),
