@@ -1,4 +1,4 @@
-"""Chunked import and export (`stratus image import/export --chunked`) against `qemu-img convert` + fsync.
+"""Chunked import and export (`stratus image import/export`, the default path) against `qemu-img convert` + fsync.
 
 Usage::
 
@@ -132,29 +132,29 @@ def main(argv: list[str] | None = None) -> int:
         rows: list[tuple[str, str, str, str, str]] = []
         data = sum(kinds.values())
 
-        t, first, err = cli("image", "import", str(raw), "--name", "first", "--chunked")
+        t, first, err = cli("image", "import", str(raw), "--name", "first")
         rows.append(("first import (raw file), CLI start to NORMAL", fmt_s(t), f"{t / ref:.2f}×",
                      f"{chunk_bytes(err, 'sent') / MiB:.0f} MiB sent", phases(err)))
         log(rows[-1])
-        t, _id, err = cli("image", "import", str(src), "--name", "first-qcow2", "--chunked", creds=other)
+        t, _id, err = cli("image", "import", str(src), "--name", "first-qcow2", creds=other)
         rows.append(("first import (qcow2, converted by the client), another account", fmt_s(t), f"{t / ref:.2f}×",
                      f"{chunk_bytes(err, 'sent') / MiB:.0f} MiB sent (the same bytes: no oracle)", phases(err)))
         log(rows[-1])
-        t, _id, err = cli("image", "import", str(raw), "--name", "again", "--chunked")
+        t, _id, err = cli("image", "import", str(raw), "--name", "again")
         rows.append(("re-import of the same file", fmt_s(t), f"{t / ref:.2f}×",
                      f"{chunk_bytes(err, 'sent')} chunk bytes sent", phases(err)))
         log(rows[-1])
         v2 = work / "v2.raw"
         timed(["cp", "--sparse=always", str(raw), str(v2)])
         change_chunks(v2, CHANGE, args.seed)
-        t, second, err = cli("image", "import", str(v2), "--name", "second", "--chunked")
+        t, second, err = cli("image", "import", str(v2), "--name", "second")
         sent = chunk_bytes(err, "sent")
         rows.append(("import of a new version, 64 MiB changed", fmt_s(t), f"{t / ref:.2f}×",
                      f"{sent / MiB:.1f} MiB sent = {sent / CHANGE:.2f}× the change", phases(err)))
         log(rows[-1])
 
         out = work / "export.raw"
-        t, _path, err = cli("image", "export", first, "-o", str(out), "--chunked")
+        t, _path, err = cli("image", "export", first, "-o", str(out))
         rows.append(("export to raw, CLI start to a complete sparse file", fmt_s(t), f"{t / ref:.2f}×",
                      f"{chunk_bytes(err, 'fetched') / MiB:.0f} MiB fetched, {allocated(out) / MiB:.0f} MiB allocated",
                      phases(err)))

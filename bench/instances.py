@@ -164,8 +164,8 @@ class Api:
 
 def import_image(server: Server, path: Path, name: str, region: str = REGION, fmt: str | None = None
                  ) -> tuple[str, float]:
-    """`stratus image import` (upload + ImportImage → NORMAL); returns the image id and the time."""
-    args = ["image", "import", str(path), "--name", name, "--region", region]
+    """`stratus image import --whole-file` (upload + ImportImage → NORMAL); returns the image id and the time."""
+    args = ["image", "import", str(path), "--name", name, "--region", region, "--whole-file"]
     if fmt:
         args += ["--format", fmt]
     t, res = server.cli(*args)

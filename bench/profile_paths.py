@@ -570,10 +570,10 @@ def run_http(work: Path, src: Path, size: int, vsize: int, t_conv: float) -> Non
         emit()
 
         # an export to download: import, then export through the SDK
-        _, res = server.cli("image", "import", str(src), "--name", "prof")
+        _, res = server.cli("image", "import", str(src), "--name", "prof", "--whole-file")
         image_id = res.stdout.strip().splitlines()[-1]
         exp = work / "dl.raw"
-        _, res = server.cli("image", "export", image_id, "--format", "raw", "-o", str(exp))
+        _, res = server.cli("image", "export", image_id, "--format", "raw", "-o", str(exp), "--whole-file")
         exp.unlink(missing_ok=True)
         bucket = data_dir / "regions" / "ap-guangzhou" / "buckets" / "stratus-exports"
         key = next(p for p in bucket.rglob("*") if p.is_file()).relative_to(bucket).as_posix()

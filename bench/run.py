@@ -742,10 +742,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         # warm-up: a small import + export in a third region (imports, lazy modules, first-task paths)
         log("warm-up import/export (small disk, separate region)")
-        _, res = server.cli("image", "import", str(warm_src), "--name", "warm", "--region", WARM_REGION)
+        _, res = server.cli("image", "import", str(warm_src), "--name", "warm", "--region", WARM_REGION,
+                            "--whole-file")
         warm_id = res.stdout.strip().splitlines()[-1]
         server.cli("image", "export", warm_id, "--format", "raw", "-o", str(work / "warm-export.raw"),
-                   "--region", WARM_REGION)
+                   "--region", WARM_REGION, "--whole-file")
         rm(work / "warm-export.raw")
 
         store = data_dir / "regions" / REGION / "store"
@@ -754,7 +755,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # 3a. end to end through the CLI
         log("stratus image import (end to end)")
         t_start_wall = time.time()
-        t_import, res = server.cli("image", "import", str(src), "--name", "bench-import", "--region", REGION)
+        t_import, res = server.cli("image", "import", str(src), "--name", "bench-import", "--region", REGION,
+                                   "--whole-file")
         image_id = res.stdout.strip().splitlines()[-1]
         task = server.finished_task("image_id = ? AND kind = 'import'", [image_id])
         split = task_split(task)
@@ -803,7 +805,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # ---- 4. re-import of the same file
         log("re-import under another name")
         before = chunk_stats(store)
-        t_re, res = server.cli("image", "import", str(src), "--name", "bench-reimport", "--region", REGION)
+        t_re, res = server.cli("image", "import", str(src), "--name", "bench-reimport", "--region", REGION,
+                               "--whole-file")
         re_id = res.stdout.strip().splitlines()[-1]
         after = chunk_stats(store)
         split3 = task_split(server.finished_task("image_id = ? AND kind = 'import'", [re_id]))
@@ -822,7 +825,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log("stratus image export --format raw")
         exp_out = work / "export.raw"
         t_exp_wall = time.time()
-        t_exp, _ = server.cli("image", "export", image_id, "--format", "raw", "-o", str(exp_out), "--region", REGION)
+        t_exp, _ = server.cli("image", "export", image_id, "--format", "raw", "-o", str(exp_out), "--region", REGION,
+                               "--whole-file")
         etask = server.finished_task("kind = 'export' AND image_id = ?", [image_id], timeout=0) or \
             server.finished_task("kind = 'export'", [])
         esplit = task_split(etask)

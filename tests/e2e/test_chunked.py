@@ -43,7 +43,7 @@ def sent(res: subprocess.CompletedProcess[str], what: str = "sent") -> int:
 
 def chunked_import(server: Server, acct: Account, disk: Path, name: str, *extra: str
                    ) -> tuple[str, subprocess.CompletedProcess[str]]:
-    res = server.run("image", "import", str(disk), "--name", name, "--chunked", *extra, env=acct.env())
+    res = server.run("image", "import", str(disk), "--name", name, *extra, env=acct.env())
     return res.stdout.split()[-1], res
 
 
@@ -82,7 +82,7 @@ def test_only_the_difference_crosses_and_only_your_own_chunks_are_skipped(server
 
     # Export: only the data chunks, verified, into a sparse file equal to the disk.
     out = tmp_path / "first.raw"
-    res = server.run("image", "export", first, "-o", str(out), "--chunked", env=alice.env())
+    res = server.run("image", "export", first, "-o", str(out), env=alice.env())
     assert sent(res, "fetched") == data
     assert out.read_bytes() == disk.read_bytes()
     assert out.stat().st_blocks * 512 < SIZE // 2  # holes stayed holes
@@ -97,17 +97,17 @@ def test_only_the_difference_crosses_and_only_your_own_chunks_are_skipped(server
     assert out.read_bytes() == v2.read_bytes()
     # qcow2 out, converted here: the same disk.
     out3 = tmp_path / "first.qcow2"
-    server.run("image", "export", first, "-o", str(out3), "--format", "qcow2", "--chunked", env=alice.env())
+    server.run("image", "export", first, "-o", str(out3), "--format", "qcow2", env=alice.env())
     back = tmp_path / "back.raw"
     subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(out3), str(back)], check=True)
     assert back.read_bytes() == disk.read_bytes()
 
     # Bob may not read Alice's image; shared with him, it is for launching only.
-    res = server.run("image", "export", first, "-o", str(tmp_path / "x.raw"), "--chunked", env=bob.env(),
+    res = server.run("image", "export", first, "-o", str(tmp_path / "x.raw"), env=bob.env(),
                      check=False)
     assert res.returncode == 1 and "InvalidImageId.NotFound" in res.stderr
     server.run("image", "share", first, "--account", bob.account_id, env=alice.env())
-    res = server.run("image", "export", first, "-o", str(tmp_path / "x.raw"), "--chunked", env=bob.env(),
+    res = server.run("image", "export", first, "-o", str(tmp_path / "x.raw"), env=bob.env(),
                      check=False)
     assert res.returncode == 1 and "SharedImageExportUnsupported" in res.stderr
     # Nor chunk by chunk; Alice reads hers, but only chunks her image names.
@@ -154,7 +154,7 @@ def test_an_interrupted_transfer_resumes_with_what_is_missing(server: Server, tm
     with part.open("wb") as f:
         f.truncate(SIZE)
         f.write(raw[: 3 * MiB])
-    res = server.run("image", "export", image_id, "-o", str(out), "--chunked", env=carol.env())
+    res = server.run("image", "export", image_id, "-o", str(out), env=carol.env())
     assert sent(res, "fetched") == (len(DATA_CHUNKS) - 3) * MiB
     assert out.read_bytes() == raw and not part.exists()
 
@@ -176,7 +176,41 @@ def test_the_server_gate_sees_a_format_hidden_in_raw_chunks(server: Server, tmp_
     padded.write_bytes(qcow2.read_bytes())
     with padded.open("r+b") as f:
         f.truncate(-(-padded.stat().st_size // 512) * 512)
-    res = server.run("image", "import", str(padded), "--name", "hidden", "--chunked", "--format", "RAW",
+    res = server.run("image", "import", str(padded), "--name", "hidden", "--format", "RAW",
                      env=dave.env(), check=False)
     assert res.returncode != 0
     assert "qcow2" in res.stderr.lower()
+
+
+def test_without_qemu_img_here_other_formats_go_through_the_server(server: Server, tmp_path: Path) -> None:
+    erin = server.account("chunk-erin")
+    disk = make_disk(tmp_path / "e.raw", seed=11)
+    qcow2 = tmp_path / "e.qcow2"
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(disk), str(qcow2)], check=True)
+    bare = {**erin.env(), "PATH": str(tmp_path / "empty")}  # a machine where `qemu-img` is not found
+    # A qcow2 can't be read here: the whole file is uploaded and the server converts it, and the user is told.
+    res = server.run("image", "import", str(qcow2), "--name", "e-qcow2", env=bare)
+    image_id = res.stdout.split()[-1]
+    assert "no qemu-img" in said(res) and "apt install qemu-utils" in said(res)
+    assert "chunk bytes sent" not in res.stderr
+    # A raw disk needs no qemu-img: still chunked, and it only sends what the server lacks (nothing: same disk).
+    _same, res = chunked_import(server, erin, disk, "e-raw")
+    assert sent(res) == 0
+    # A qcow2 export is converted by the server (ExportImages) and downloaded.
+    out = tmp_path / "back.qcow2"
+    res = server.run("image", "export", image_id, "-o", str(out), "--format", "qcow2", env=bare)
+    assert "no qemu-img" in said(res) and "chunk bytes fetched" not in res.stderr
+    back = tmp_path / "back.raw"
+    subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(out), str(back)], check=True)
+    assert back.read_bytes() == disk.read_bytes()
+    # --base can't fall back (the server knows nothing of the local file), nor be combined with --whole-file.
+    res = server.run("image", "export", image_id, "-o", str(out), "--format", "qcow2", "--base", str(disk),
+                     env=bare, check=False)
+    assert res.returncode == 2 and "needs qemu-img here" in said(res)
+    res = server.run("image", "export", image_id, "-o", str(back), "--base", str(disk), "--whole-file",
+                     env=erin.env(), check=False)
+    assert res.returncode == 2 and "drop --whole-file" in said(res)
+
+
+def said(res: subprocess.CompletedProcess[str]) -> str:
+    return " ".join(res.stderr.split())  # however the terminal width wrapped it

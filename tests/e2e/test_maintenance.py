@@ -79,7 +79,10 @@ def test_fsck_names_the_image_of_a_damaged_chunk(server: Server, tmp_path: Path)
         out = admin(server, "fsck", "--json", check=False)
         assert image_id + " disk 0" in json.loads(out.stdout)[0]["Damaged"][victim]
         res = server.run("image", "export", image_id, "-o", str(tmp_path / "x.raw"), env=acct.env(), check=False)
-        assert res.returncode == 3 and victim[:12] in res.stderr
+        assert res.returncode == 1 and victim in res.stderr and "stratus fsck" in res.stderr  # chunked: refused
+        res = server.run("image", "export", image_id, "-o", str(tmp_path / "x.raw"), "--whole-file", env=acct.env(),
+                         check=False)
+        assert res.returncode == 3 and victim[:12] in res.stderr  # ExportImages: the task failed
     finally:
         data[100] ^= 0xFF
         path.write_bytes(bytes(data))

@@ -98,7 +98,7 @@ def test_peak_rss_of_hostile_and_huge_imports(mem_server: Server, tmp_path: Path
     baseline = peak_rss(pid)
     figures = {"baseline_peak": baseline, "baseline_rss": rss(pid)}
     for name, path in (("fragmented", fragmented), ("huge", huge)):
-        image_id = server.run("image", "import", str(path), "--name", f"mem-{name}", env=acct.env(),
+        image_id = server.run("image", "import", str(path), "--name", f"mem-{name}", "--whole-file", env=acct.env(),
                               check=True).stdout.split()[-1]
         image = wait_image(server, acct, image_id, timeout=300)
         assert image["ImageState"] == "NORMAL", image.get("ImageStateReason")

@@ -124,7 +124,8 @@ def test_round_trip_through_a_bucket(s3server: Server, swift: SwiftS3, buckets: 
         assert "exports/" + resp["CosPaths"][0].lstrip("/") in {o["Key"] for o in listed}
         assert not [p for p in (s3server.data_dir / "regions" / GZ / "buckets").rglob("*") if p.is_file()]
         out = tmp_path / f"out.{out_fmt.lower()}"
-        s3server.run("image", "export", image_id, "--format", out_fmt.lower(), "-o", str(out), env=alice.env())
+        s3server.run("image", "export", image_id, "--format", out_fmt.lower(), "-o", str(out), "--whole-file",
+                     env=alice.env())
         assert qemu_img.compare(reference, "raw", out, driver), f"{fmt} → {out_fmt} differs"
 
 

@@ -1,4 +1,4 @@
-"""The client side of chunked import and export (`stratus image import/export --chunked`).
+"""The client side of chunked import and export (`stratus image import/export`, the default path).
 
 The disk is read here, as raw (qcow2, vmdk and vhd through this machine's qemu-img), cut into the
 region's chunks and hashed with BLAKE3; zero chunks are never sent or fetched. Import sends the
@@ -75,14 +75,35 @@ def _error(resp: httpx.Response) -> str:
 
 def client_format(path: Path, declared: str | None) -> str:
     """The qemu driver to read ``path`` with: the declared format, else its magic (raw if none)."""
-    if declared:
-        fmt = _QEMU_FORMATS.get(declared.upper())
-        if fmt is None:
-            die(f"--format must be RAW, QCOW2, VMDK or VHD, not {declared!r}", EXIT_REFUSED)
-        return fmt
     with path.open("rb") as f:
         head = f.read(64)
-    return next((name for off, magic, name in _MAGICS if head[off : off + len(magic)] == magic), "raw")
+    found = next((name for off, magic, name in _MAGICS if head[off : off + len(magic)] == magic), "raw")
+    if not declared:
+        return found
+    fmt = _QEMU_FORMATS.get(declared.upper())
+    if fmt is None:
+        die(f"--format must be RAW, QCOW2, VMDK or VHD, not {declared!r}", EXIT_REFUSED)
+    if fmt != "raw" and fmt != found:
+        # Declared RAW is sent as it is: the server's gate refuses any other format hiding in a raw disk.
+        label = {v: k for k, v in _QEMU_FORMATS.items()}
+        die(f"format_mismatch: {path.name} was declared {declared.upper()} but the file is {label[found]}; "
+            f"declare {label[found]} or import a {declared.upper()} file", EXIT_FAILED)
+    return fmt
+
+
+QEMU_IMG_INSTALL = "apt install qemu-utils, brew install qemu"
+
+
+def can_convert_here(fmt: str, what: str, instead: str) -> bool:
+    """Whether the chunked path can take ``fmt`` on this machine: raw always, other formats only through a
+    local qemu-img. Without one, says so and what happens instead (the caller falls back to --whole-file)."""
+    if fmt == "raw" or shutil.which("qemu-img") is not None:
+        return True
+    what = what.replace("{fmt}", "vhd" if fmt == "vpc" else fmt)  # not format(): a file name may hold braces
+    console.print(f"{what}, and this machine has no qemu-img to convert it: will {instead}. "
+                  f"Install qemu-img ({QEMU_IMG_INSTALL}) to move only the chunks that are missing.",
+                  highlight=False, markup=False)
+    return False
 
 
 @contextlib.contextmanager
@@ -93,8 +114,8 @@ def raw_disk(path: Path, fmt: str, stats: Transfer | None = None) -> Iterator[Pa
         return
     qemu_img = shutil.which("qemu-img")
     if qemu_img is None:
-        die(f"{path.name} is a {fmt} image: reading it here needs qemu-img (apt install qemu-utils, brew install "
-            "qemu), or import it with --whole-file to let the server convert it", EXIT_FAILED)
+        die(f"{path.name} is a {fmt} image: reading it here needs qemu-img ({QEMU_IMG_INSTALL}), or import it "
+            "with --whole-file to let the server convert it", EXIT_FAILED)
     with tempfile.TemporaryDirectory(prefix="stratus-import-") as tmp:
         raw = Path(tmp) / "disk.raw"
         with console.status(f"converting {path.name} ({fmt}) to raw with qemu-img"), \
@@ -253,9 +274,9 @@ def import_chunked(ep: Endpoint, path: Path, declared: str | None) -> tuple[str,
         if size % 512:
             if size < 1 << 20:
                 die(f"{path.name} is {size} bytes and has no disk image header: this is not a disk image; import "
-                    "the disk itself (e.g. the .qcow2 or .raw file)", EXIT_REFUSED)
+                    "the disk itself (e.g. the .qcow2 or .raw file)", EXIT_FAILED)
             die(f"a raw disk is whole 512-byte sectors but {path.name} has {size} bytes; pad it with "
-                f"`truncate -s %512 {path.name}`", EXIT_REFUSED)
+                f"`truncate -s %512 {path.name}`", EXIT_FAILED)
         st = path.stat()
         key = hashlib.sha256(f"{ep.url}|{ep.secret_id}|{ep.region}|{path.resolve()}|{st.st_size}|"
                              f"{st.st_mtime_ns}".encode()).hexdigest()
@@ -414,7 +435,7 @@ def export_chunked(ep: Endpoint, image_id: str, output: Path, fmt: str, base: Pa
         return stats
     qemu_img = shutil.which("qemu-img")
     if qemu_img is None:
-        die(f"converting to {fmt} needs qemu-img on this machine (apt install qemu-utils); the raw disk is in "
+        die(f"converting to {fmt} needs qemu-img on this machine ({QEMU_IMG_INSTALL}); the raw disk is in "
             f"{part}", EXIT_FAILED)
     target = _QEMU_FORMATS[fmt.upper()]
     tmp = output.with_name(output.name + ".tmp")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,12 @@ def follow_image(ep: Endpoint, image_id: str, busy: str) -> dict[str, Any]:
             time.sleep(0.3)
 
 
+def _chunked_or_whole_file(chunked: str, whole_file: str) -> Any:
+    return typer.Option(True, "--chunked/--whole-file",
+                        help=f"Chunked (the default): {chunked}. --whole-file: {whole_file}; chosen for you for a "
+                        "qcow2/vmdk/vhd when this machine has no qemu-img.")
+
+
 @app.command("upload")
 @sdk_errors
 def upload(
@@ -211,18 +218,23 @@ def import_(
     fmt: str = typer.Option(None, "--format", metavar="FORMAT",
                             help="Declared format (RAW, QCOW2, VMDK, VHD); refused if it is not."),
     no_wait: bool = typer.Option(False, "--no-wait", help="Return once the import has started."),
-    chunked: bool = typer.Option(False, "--chunked/--whole-file",
-                                 help="Read the disk here (qcow2/vmdk/vhd through this machine's qemu-img) and send "
-                                 "only the chunks the server lacks, resumably; or upload the whole file."),
+    chunked: bool = _chunked_or_whole_file(
+        "read the disk here (qcow2/vmdk/vhd through this machine's qemu-img), send only the chunks the server "
+        "lacks, resumably", "upload the file as it is and let the server check and convert it (as tccli/SDK "
+        "users and the console do)"),
     endpoint: str = EndpointOpt,
     region: str = RegionOpt,
     json_out: bool = JsonOpt,
 ) -> None:
-    """Upload FILE (resuming an interrupted upload) and import it as a custom image."""
+    """Import FILE as a custom image: by default send only the chunks of its disk the server lacks (resumable);
+    with --whole-file upload the whole file (resumable) and let the server convert it."""
     ep = Endpoint(endpoint, region)
     if chunked:
-        from stratus.cli.chunked import import_chunked
+        from stratus.cli.chunked import can_convert_here, client_format, import_chunked
 
+        chunked = can_convert_here(client_format(file, fmt), file.name + " is a {fmt} image", "upload the whole "
+                                   "file for the server to convert")
+    if chunked:
         upload_id, sent = import_chunked(ep, file, fmt)
         console.print(f"sent {human_bytes(sent.sent_bytes)} in {sent.sent_chunks} of {sent.chunks} data chunks "
                       f"({human_bytes(sent.data_bytes)} of data); chunk bytes sent: {sent.sent_bytes}; "
@@ -465,24 +477,33 @@ def export(
     image_id: str,
     fmt: str = typer.Option("raw", "--format", metavar="FORMAT", help="raw, qcow2, vmdk or vhd."),
     output: Path = typer.Option(..., "-o", "--output"),
-    bucket: str = typer.Option(DEFAULT_BUCKET, "--bucket"),
-    chunked: bool = typer.Option(False, "--chunked/--bucket-download",
-                                 help="Fetch only the image's non-zero chunks straight from the store (resumable; "
-                                 "qcow2/vmdk/vhd converted here by qemu-img), or export into a bucket and download."),
+    bucket: str = typer.Option(DEFAULT_BUCKET, "--bucket", help="The bucket a --whole-file export goes through."),
+    chunked: bool = _chunked_or_whole_file(
+        "fetch only the image's non-zero chunks straight from the store, verified and resumable; qcow2/vmdk/vhd "
+        "are converted here by qemu-img", "the server converts (ExportImages into --bucket) and the file is "
+        "downloaded"),
     base: Path = typer.Option(None, "--base", exists=True, dir_okay=False, readable=True,
                               help="A previous raw export of this image or an ancestor: only chunks that differ "
-                              "from it are fetched (implies --chunked)."),
+                              "from it are fetched (chunked only)."),
     endpoint: str = EndpointOpt,
     region: str = RegionOpt,
 ) -> None:
-    """Export an image's system disk and download it to a file."""
+    """Export an image's system disk to a file: by default fetch only its chunks (resumable, --base for just the
+    difference); with --whole-file export through the server into a bucket and download."""
     ep = Endpoint(endpoint, region)
-    if fmt.lower() not in ("raw", "qcow2", "vmdk", "vhd"):
+    fmt = fmt.lower()
+    if fmt not in ("raw", "qcow2", "vmdk", "vhd"):
         die("--format must be raw, qcow2, vmdk or vhd")
-    if chunked or base is not None:
-        from stratus.cli.chunked import export_chunked
+    if base is not None and not chunked:
+        die("--base works only on the chunked path: drop --whole-file")
+    if chunked:
+        from stratus.cli.chunked import QEMU_IMG_INSTALL, can_convert_here, export_chunked
 
-        got = export_chunked(ep, image_id, output, fmt.lower(), base)
+        if base is not None and fmt != "raw" and shutil.which("qemu-img") is None:
+            die(f"--base with a {fmt} output needs qemu-img here ({QEMU_IMG_INSTALL}), or export --format raw")
+        chunked = can_convert_here(fmt, "{fmt} output was asked for", "export through the server (--whole-file)")
+    if chunked:
+        got = export_chunked(ep, image_id, output, fmt, base)
         console.print(f"fetched {human_bytes(got.sent_bytes)} in {got.sent_chunks} of {got.chunks} data chunks; "
                       f"chunk bytes fetched: {got.sent_bytes}; "
                       + ", ".join(f"{k} {v:.2f} s" for k, v in got.seconds.items()), highlight=False)

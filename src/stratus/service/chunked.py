@@ -34,7 +34,7 @@ from stratus.service.disclosure import MANIFEST_DIGESTS, readable_chunks, record
 from stratus.service.manifests import load_manifest
 from stratus.service.uploads import UploadStatus, owned_upload, upload_status
 from stratus.service.visibility import check_exportable, get_visible
-from stratus.storage.chunkstore import ChunkCorrupt, ZeroChunk
+from stratus.storage.chunkstore import ChunkCorrupt, StoreError, ZeroChunk
 
 _IN_BATCH = 500  # digests per IN (...) query
 MAX_BATCH_BYTES = 64 * 1024 * 1024 + 4096  # a chunk request body: up to 64 MiB of chunks
@@ -201,7 +201,10 @@ def read_chunks(svc: Services, caller: Caller, region: str, image_id: str, diges
     for digest in digests:
         if digest not in allowed:
             raise errors.InvalidParameterValue(detail=f"Chunk {digest[:80]!r} is not a data chunk of image {image_id}.")
-    return list(_WRITERS.map(svc.store(region).get, digests))
+    try:
+        return list(_WRITERS.map(svc.store(region).get, digests))
+    except StoreError as exc:  # damaged or lost in the store: name the chunk, as a failed ExportImages task does
+        raise errors.InternalError(f"{exc}.") from exc
 
 
 # --------------------------------------------------------------------------- the import of a chunked upload
