@@ -91,6 +91,10 @@ class Database:
                 return cur.fetchone()
             finally:
                 cur.close()
+        except Exception as exc:
+            if catalog_unavailable(exc):
+                conn.invalidate()  # a dead connection must not go back to the pool
+            raise
         finally:
             conn.close()
 
@@ -133,6 +137,14 @@ def rowcount(result: Result[Any]) -> int:
     return cast("CursorResult[Any]", result).rowcount
 
 
+def _psycopg_connection_error(exc: BaseException) -> bool:
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency; SQLite-only installs still work
+        return False
+    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+
+
 def catalog_unavailable(exc: BaseException) -> bool:
     """True if ``exc`` (or anything in its cause chain) says the catalog database could not be reached or
     dropped the connection (a restart, a network cut): worth retrying, not a reason to fail anything."""
@@ -143,6 +155,8 @@ def catalog_unavailable(exc: BaseException) -> bool:
         if isinstance(cur, DBAPIError) and (cur.connection_invalidated or (
                 # SQLite says OperationalError for a missing table too: only a server's count here.
                 isinstance(cur, OperationalError | InterfaceError) and not isinstance(cur.orig, sqlite3.Error))):
+            return True
+        if _psycopg_connection_error(cur):  # raised bare by the raw-connection path (fetch_one, pool checkout)
             return True
         cur = cur.__cause__ or cur.__context__
     return False
