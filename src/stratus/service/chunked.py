@@ -36,7 +36,6 @@ from stratus.service.uploads import UploadStatus, owned_upload, upload_status
 from stratus.service.visibility import check_exportable, get_visible
 from stratus.storage.chunkstore import ChunkCorrupt, StoreError, ZeroChunk
 
-_IN_BATCH = 500  # digests per IN (...) query
 MAX_BATCH_BYTES = 64 * 1024 * 1024 + 4096  # a chunk request body: up to 64 MiB of chunks
 MAX_READ_CHUNKS = 64  # chunks per read request
 # Chunk writes and reads of all requests share these threads (hashing, reads and fsync release the GIL).
