@@ -71,3 +71,31 @@ def test_nothing_up_is_resource_insufficient_with_the_next_step(svc: Services) -
         placed(svc, 1)
     assert exc.value.code == "ResourceInsufficient.SpecifiedInstanceType"
     assert "no compute host is up" in exc.value.message and "--host" in exc.value.message
+
+
+def test_a_base_on_another_machine_is_released_by_its_own_host(svc: Services, tmp_path: Path) -> None:
+    """No image or instance needs two bases any more: the one whose host directory this process sees goes
+    at once; the other is on a host whose disk this process can't reach (another machine: its directory
+    doesn't exist here), so it is marked RELEASED and that host deletes the file on its next beat."""
+    from stratus.catalog.models import BaseDisk
+    from stratus.service.bases import release_unused_bases, sweep_released_bases
+
+    near = host_dir(svc, GZ, "near") / "bases" / f"{'a' * 64}.raw"
+    near.parent.mkdir(parents=True)
+    near.write_bytes(b"base")
+    far = tmp_path / "other-machine" / "bases" / f"{'b' * 64}.raw"  # not there from where we stand
+    with svc.db.write() as s:
+        for host, digest, path in (("near", "a" * 64, near), ("far", "b" * 64, far)):
+            s.add(BaseDisk(host=host, region=GZ, manifest_digest=digest, path=str(path), state="READY"))
+    assert sorted(release_unused_bases(svc, GZ)) == ["a" * 64, "b" * 64]
+    assert not near.exists()
+    with svc.db.read() as s:
+        assert [(b.host, b.state) for b in s.query(BaseDisk).all()] == [("far", "RELEASED")]
+    # The far host, on its machine, where the file is.
+    far.parent.mkdir(parents=True)
+    far.write_bytes(b"base")
+    assert sweep_released_bases(svc, "near") == []  # a host sweeps its own bases only
+    assert sweep_released_bases(svc, "far") == ["b" * 64]
+    assert not far.exists()
+    with svc.db.read() as s:
+        assert s.query(BaseDisk).count() == 0

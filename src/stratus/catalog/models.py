@@ -321,7 +321,7 @@ class BaseDisk(Base):
     region: Mapped[str] = mapped_column(String(64), primary_key=True)
     manifest_digest: Mapped[str] = mapped_column(String(64), primary_key=True)
     path: Mapped[str] = mapped_column(Text)
-    state: Mapped[str] = mapped_column(String(16), default="BUILDING")  # BUILDING READY
+    state: Mapped[str] = mapped_column(String(16), default="BUILDING")  # BUILDING READY RELEASED
     virtual_size: Mapped[int] = mapped_column(BigInteger, default=0)
     builder: Mapped[str | None] = mapped_column(String(64), nullable=True)
     build_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)

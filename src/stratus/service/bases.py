@@ -93,9 +93,10 @@ def ensure_base(svc: Services, region: str, digest: str, host: str, *, timeout: 
 
 
 def release_unused_bases(svc: Services, region: str) -> list[str]:
-    """Remove the bases (of every host) no image disk and no instance disk of the region refers to. A
-    base row names its file by absolute path: hosts sharing this machine lose theirs too; a host on
-    another machine keeps the file until its directory is cleaned by hand (rows are what count)."""
+    """Remove the bases (of every host) no image disk and no instance disk of the region refers to. A base
+    whose host directory this process sees (this machine, or a shared filesystem) goes at once, file and
+    row; one of a host on another machine is marked RELEASED, and that host deletes it
+    (:func:`sweep_released_bases`, on its heartbeat)."""
     removed = []
     with svc.db.write() as s:
         image_refs = select(ImageDisk.manifest_digest).join(Image).where(
@@ -109,7 +110,26 @@ def release_unused_bases(svc: Services, region: str) -> list[str]:
             )
         ).all()
         for row in rows:
-            Path(row.path).unlink(missing_ok=True)
+            path = Path(row.path)
+            if path.parent.is_dir():
+                path.unlink(missing_ok=True)
+                s.delete(row)
+            else:  # another machine's disk: its host removes it
+                row.state = "RELEASED"
             removed.append(row.manifest_digest)
-            s.delete(row)
     return removed
+
+
+def sweep_released_bases(svc: Services, host: str) -> list[str]:
+    """Delete this host's bases that were released by a process that couldn't reach its directory. A base
+    asked for again meanwhile is BUILDING or READY, no longer RELEASED, and stays."""
+    swept = []
+    with svc.db.write() as s:
+        q = select(BaseDisk).where(BaseDisk.host == host, BaseDisk.state == "RELEASED")
+        if svc.db.is_postgresql:
+            q = q.with_for_update()
+        for row in s.scalars(q).all():
+            Path(row.path).unlink(missing_ok=True)
+            s.delete(row)
+            swept.append(row.manifest_digest)
+    return swept

@@ -25,6 +25,7 @@ import shutil
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,8 +67,9 @@ class HostAgent:
     """This process's host: registers it, then renews its heartbeat until stopped."""
 
     def __init__(self, svc: Services, name: str, *, compute: str = "", capacity: int = 0,
-                 stopping: threading.Event | None = None) -> None:
+                 stopping: threading.Event | None = None, on_beat: Callable[[], object] | None = None) -> None:
         self.svc, self.name, self.compute, self.capacity = svc, name, compute, capacity
+        self.on_beat = on_beat  # the host's own chores, once a beat (its released bases)
         self.process = f"{socket.gethostname()}:{os.getpid()}"[:64]
         self.stopping = stopping or threading.Event()
         self._thread: threading.Thread | None = None
@@ -104,6 +106,8 @@ class HostAgent:
         while not self.stopping.wait(every):
             try:
                 self.beat()
+                if self.on_beat is not None:
+                    self.on_beat()
             except Exception:  # the catalog is away: the next beat tries again; a lease later we show as down
                 log.exception("host %s: heartbeat failed", self.name)
 

@@ -11,6 +11,7 @@ from typing import Any
 from stratus import logs
 from stratus.catalog import migrate
 from stratus.config import Settings
+from stratus.service.bases import sweep_released_bases
 from stratus.service.context import Services
 from stratus.service.export_task import ExportHandler
 from stratus.service.hosts import LOCAL, HostAgent, remove_orphans
@@ -116,7 +117,8 @@ def start_workers(svc: Services, host: str = LOCAL, *, compute: str = "", capaci
                         lease_seconds=svc.settings.limits.task_lease_seconds, scratch_root=svc.settings.tmp_dir,
                         host=host)
     # The heartbeat stops with the workers: a host is up while it can run its instances' tasks.
-    HostAgent(svc, host, compute=compute, capacity=capacity, stopping=runner.stopping).start()
+    HostAgent(svc, host, compute=compute, capacity=capacity, stopping=runner.stopping,
+              on_beat=lambda: sweep_released_bases(svc, host)).start()
     svc.on_task_queued = runner.wake
     runner.start()
     threading.Thread(target=_housekeeping, args=(svc, runner), name="stratus-housekeeping", daemon=True).start()
