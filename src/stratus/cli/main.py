@@ -9,6 +9,7 @@ from typer import core as typer_core
 
 from stratus.cli import account_cmd, demo_cmd, doctor_cmd, host_cmd, image_cmd, instance_cmd, serve_cmd, store_cmd
 from stratus.cli.common import EXIT_CODES
+from stratus.malloc import keep_freed_memory
 
 
 def _tidy_help() -> None:
@@ -60,6 +61,7 @@ app.command("doctor")(doctor_cmd.doctor)
 
 
 def main() -> None:
+    keep_freed_memory()
     app()
 
 
