@@ -187,7 +187,8 @@ def export_manifest(svc: Services, caller: Caller, region: str, image_id: str, d
     return manifest
 
 
-def read_chunks(svc: Services, caller: Caller, region: str, image_id: str, digests: list[str]) -> list[bytes | memoryview]:
+def read_chunks(svc: Services, caller: Caller, region: str, image_id: str, digests: list[str]
+                ) -> list[bytes | memoryview]:
     """The bytes of chunks of an exportable image (each re-hashed by the store as it is read)."""
     allowed: set[str] = set()
     for disk in _exportable(svc, caller, region, image_id):
