@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from stratus.catalog.models import ImageDisk, Upload
@@ -63,9 +64,9 @@ def _upload_manifest(upload: Upload) -> DiskManifest:
 
 
 def _upload_digests(upload: Upload) -> frozenset[str]:
-    key = f"upload:{upload.id}:{len(upload.manifest or b'')}"
-    found = MANIFEST_DIGESTS.get(key)
-    return found if found is not None else MANIFEST_DIGESTS.get(key, _upload_manifest(upload))  # type: ignore[return-value]
+    found = MANIFEST_DIGESTS.get(f"upload:{upload.id}:{len(upload.manifest or b'')}", lambda: _upload_manifest(upload))
+    assert found is not None  # _upload_manifest raises rather than answer None
+    return found
 
 
 # --------------------------------------------------------------------------- import
@@ -183,7 +184,7 @@ def export_manifest(svc: Services, caller: Caller, region: str, image_id: str, d
     if disk is None or disk.manifest_digest is None:
         raise errors.InvalidParameterValue(detail=f"Image {image_id} has no disk {disk_index}.")
     manifest = load_manifest(svc, region, disk.manifest_digest)
-    MANIFEST_DIGESTS.get(disk.manifest_digest, manifest)
+    MANIFEST_DIGESTS.get(disk.manifest_digest, lambda: manifest)  # read_chunks will check digests against it
     return manifest
 
 
@@ -194,10 +195,8 @@ def read_chunks(svc: Services, caller: Caller, region: str, image_id: str, diges
     for disk in _exportable(svc, caller, region, image_id):
         if disk.manifest_digest is None:
             continue
-        found = MANIFEST_DIGESTS.get(disk.manifest_digest)
-        if found is None:
-            found = MANIFEST_DIGESTS.get(disk.manifest_digest, load_manifest(svc, region, disk.manifest_digest))
-        allowed |= found or frozenset()
+        digest = disk.manifest_digest
+        allowed |= MANIFEST_DIGESTS.get(digest, partial(load_manifest, svc, region, digest)) or frozenset()
     for digest in digests:
         if digest not in allowed:
             raise errors.InvalidParameterValue(detail=f"Chunk {digest[:80]!r} is not a data chunk of image {image_id}.")

@@ -15,7 +15,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
+from functools import partial
 from typing import Any
 
 from sqlalchemy import or_, select
@@ -56,12 +57,14 @@ class DigestSets:
         self._size = size
         self._lock = threading.Lock()
 
-    def get(self, key: str, manifest: DiskManifest | None = None) -> frozenset[str] | None:
+    def get(self, key: str, load: Callable[[], DiskManifest | None]) -> frozenset[str] | None:
+        """The data digests of the manifest ``key``, from the cache or from ``load()`` (None: no manifest)."""
         with self._lock:
             found = self._items.get(key)
             if found is not None:
                 self._items.move_to_end(key)
                 return found
+        manifest = load()
         if manifest is None:
             return None
         digests = manifest.data_digests()
@@ -101,17 +104,18 @@ def readable_chunks(s: Session, account_id: str, region: str, wanted: Collection
             break
         if not digest:
             continue
-        digests = MANIFEST_DIGESTS.get(digest)
-        if digests is None:
-            body = s.scalar(select(Manifest.body).where(Manifest.region == region, Manifest.digest == digest))
-            if body is None:  # an image row whose manifest is gone: nothing readable through it
-                continue
-            digests = MANIFEST_DIGESTS.get(digest, DiskManifest.decode(body))
-            assert digests is not None
+        digests = MANIFEST_DIGESTS.get(digest, partial(_stored_manifest, s, region, digest))
+        if digests is None:  # an image row whose manifest is gone: nothing readable through it
+            continue
         hit = rest & digests
         found |= hit
         rest -= hit
     return found
+
+
+def _stored_manifest(s: Session, region: str, digest: str) -> DiskManifest | None:
+    body = s.scalar(select(Manifest.body).where(Manifest.region == region, Manifest.digest == digest))
+    return DiskManifest.decode(body) if body is not None else None
 
 
 def record_owner(s: Session, account_id: str, region: str, digests: Iterable[str]) -> None:
