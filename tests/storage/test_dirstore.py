@@ -273,7 +273,7 @@ def test_whole_page_chunks_use_o_direct(store: DirStore, monkeypatch: pytest.Mon
     assert [bool(f & os.O_DIRECT) for f in flags_seen] == [True, False]
 
 
-def test_o_direct_refused_falls_back_to_buffered(store: DirStore, monkeypatch: pytest.MonkeyPatch) -> None:
+def _refuse_o_direct(monkeypatch: pytest.MonkeyPatch) -> None:
     real_open = os.open
 
     def no_direct(path: object, flags: int, *args: object) -> int:
@@ -282,6 +282,10 @@ def test_o_direct_refused_falls_back_to_buffered(store: DirStore, monkeypatch: p
         return real_open(path, flags, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(dirstore_mod.os, "open", no_direct)
+
+
+def test_o_direct_refused_falls_back_to_buffered(store: DirStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    _refuse_o_direct(monkeypatch)
     data = os.urandom(PAGE * 4)
     assert store.put(digest(data), data) is True
     assert store.direct_io is False
@@ -312,14 +316,7 @@ def test_reads_where_o_direct_is_refused_go_through_the_page_cache(store: DirSto
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     data = os.urandom(PAGE * 3)
     store.put(digest(data), data)
-    real_open = os.open
-
-    def no_direct(path: object, flags: int, *args: object) -> int:
-        if flags & os.O_DIRECT:
-            raise OSError(errno.EINVAL, "O_DIRECT not supported (injected)")
-        return real_open(path, flags, *args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(dirstore_mod.os, "open", no_direct)
+    _refuse_o_direct(monkeypatch)
     assert bytes(store.get(digest(data))) == data
 
 
