@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from stratus.catalog.models import Image, Instance, InstanceDisk, InstanceTag, RunRequest
 from stratus.config import InstanceType
-from stratus.domain import errors, ids, tags
+from stratus.domain import errors, ids, query, tags
 from stratus.domain.states import INSTANCE_BUSY, ImageState, InstanceState, check_instance
 from stratus.service.context import Caller, Services
 from stratus.service.hosts import down_hosts, host_dir, place
@@ -36,16 +36,17 @@ MAX_INSTANCE_COUNT = 500
 MAX_BATCH_IDS = 100
 MAX_DATA_DISKS = 20
 MAX_USER_DATA = 16 * 1024
-MAX_LIMIT = 100
 DEFAULT_SYSTEM_DISK_GIB = 50
 DISK_TYPES = {"LOCAL_BASIC", "LOCAL_SSD", "CLOUD_BASIC", "CLOUD_SSD", "CLOUD_PREMIUM", "CLOUD_BSSD", "CLOUD_HSSD",
               "CLOUD_TSSD", "LOCAL_NVME", "LOCAL_PRO"}
 HOSTNAME_RE = re.compile(r"^(?!-)(?!.*--)(?!.*\.\.)[A-Za-z0-9.-]{2,60}(?<![-.])$")
 NAME_PATTERN_RE = re.compile(r"\{R:(\d+)(?:,F:(\d+))?\}")
-FILTER_NAMES = {"zone", "instance-id", "instance-name", "instance-state", "instance-charge-type", "image-id",
-                "tag-key", "tag-value", "project-id", "creation-start-time", "creation-end-time", "host-id",
-                "dedicated-cluster-id", "vpc-id", "subnet-id", "uuid", "security-group-id", "private-ip-address",
-                "public-ip-address", "ipv6-address"}
+# Filter names of contract §11.2.
+FILTER_NAMES = frozenset({
+    "zone", "instance-id", "instance-name", "instance-state", "instance-charge-type", "image-id", "tag-key",
+    "tag-value", "project-id", "creation-start-time", "creation-end-time", "host-id", "dedicated-cluster-id",
+    "vpc-id", "subnet-id", "uuid", "security-group-id", "private-ip-address", "public-ip-address", "ipv6-address",
+})
 
 
 # --------------------------------------------------------------------------- lookups
@@ -55,6 +56,14 @@ def check_instance_id(instance_id: Any) -> str:
     if not ids.is_id("instance", instance_id):
         raise errors.InvalidInstanceIdMalformed(instance_id=instance_id)
     return instance_id
+
+
+# DescribeInstances' own codes (§11.2 lists neither of DescribeImages' two): InvalidParameter for both
+# InstanceIds and Filters, InvalidParameterValue.LimitExceeded for a page out of range.
+INSTANCE_QUERY = query.QueryRules(
+    ids_param="InstanceIds", filter_names=FILTER_NAMES, check_id=check_instance_id, max_ids=MAX_BATCH_IDS,
+    coexist=errors.InvalidParameter, bad_page=errors.InvalidParameterValueLimitExceeded,
+)
 
 
 def get_owned(s: Session, caller: Caller, region: str, instance_id: str, *, lock: bool = False) -> Instance:
@@ -319,26 +328,11 @@ def describe_instances(svc: Services, caller: Caller, region: str, *, instance_i
                        filters: list[dict[str, Any]] | None = None, offset: int = 0, limit: int = 20
                        ) -> InstancePage:
     """The caller's own instances in the region (other accounts' are never listed)."""
-    if instance_ids is not None and filters is not None:
-        raise errors.InvalidParameter(detail="InstanceIds and Filters cannot be given together.")
-    if offset < 0 or not 0 <= limit <= MAX_LIMIT:
-        raise errors.InvalidParameterValueLimitExceeded(detail=f"Offset must be ≥ 0 and Limit 0-{MAX_LIMIT}.")
+    query.check_query(INSTANCE_QUERY, instance_ids, filters, offset, limit)
     where: list[Any] = [Instance.owner_id == caller.account_id, Instance.region == region]
     if instance_ids is not None:
-        if len(instance_ids) > MAX_BATCH_IDS:
-            raise errors.InvalidParameterValueLimitExceeded(detail=f"At most {MAX_BATCH_IDS} InstanceIds.")
-        for iid in instance_ids:
-            check_instance_id(iid)
         where.append(Instance.id.in_(instance_ids))
-    for f in filters or []:
-        name, values = f["Name"], f["Values"]
-        if name not in FILTER_NAMES and not name.startswith("tag:"):
-            raise errors.InvalidFilter(detail=f"Unknown filter {name!r}; see docs/api.md.")
-        if len(values) > 5:
-            raise errors.InvalidFilterValueLimitExceeded(limit=5, name=name, count=len(values))
-        where.append(_instance_filter(name, values))
-    if filters and len(filters) > 10:
-        raise errors.InvalidParameterValueLimitExceeded(detail="At most 10 Filters per request.")
+    where += [_instance_filter(f["Name"], f["Values"]) for f in filters or []]
     with svc.db.read() as s:
         total = s.scalar(select(func.count()).select_from(Instance).where(*where)) or 0
         q: Select[Any] = (select(Instance).where(*where).order_by(Instance.created_at.desc(), Instance.id.desc())
