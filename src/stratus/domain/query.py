@@ -6,6 +6,8 @@ contract names the same codes for both but two: ids with Filters, and a page out
 DescribeImages `InvalidParameter.InvalidParameterCoexistImageIdsFilters` and
 `InvalidParameterValue.InvalidParameterValueLimit`, which DescribeInstances does not list); those come
 from the action's `QueryRules`. What each filter's values mean, and their format, is the action's own.
+
+Also here: `escape_like`, how a fuzzy filter's value becomes a literal inside a LIKE pattern.
 """
 
 from __future__ import annotations
@@ -72,3 +74,8 @@ def _check_filters(filters: Sequence[dict[str, Any]], names: Collection[str]) ->
         if not values:
             raise errors.InvalidFilter(detail=f"Filter {name!r} has no Values.")
 
+
+
+def escape_like(value: str) -> str:
+    """`value` as a literal in a LIKE pattern with `escape='\\'`: its `%`, `_` and `\\` match only themselves."""
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

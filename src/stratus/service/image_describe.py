@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import operator
-import re
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -18,6 +17,7 @@ from stratus.domain import errors, query
 from stratus.domain.states import ImageState, ImageType
 from stratus.service.context import Caller, Services
 from stratus.service.image_rules import MAX_IDS, count_images
+from stratus.service.instance_types import find_instance_type
 from stratus.service.visibility import check_image_id, visible_clause
 
 # Filter names of contract §5.1, plus a few extensions (documented in docs/api.md).
@@ -61,7 +61,7 @@ def _filter_clause(caller: Caller, name: str, values: list[str], sqlite: bool = 
         return or_(*clauses)
     if name in ("image-name", "platform"):
         col = Image.name if name == "image-name" else Image.platform
-        patterns = ["%" + escape_like(v) + "%" for v in values]
+        patterns = ["%" + query.escape_like(v) + "%" for v in values]
         if sqlite:  # SQLite's LIKE already ignores ASCII case, as its lower() does: skip lower() on each row
             return or_(*(col.like(p, escape="\\") for p in patterns))
         return or_(*(col.ilike(p, escape="\\") for p in patterns))  # ILIKE: served by the trigram index
@@ -89,10 +89,6 @@ def _filter_clause(caller: Caller, name: str, values: list[str], sqlite: bool = 
     if name in ("dedicated-cluster-id", "cdc-cache-status"):
         return false()  # no dedicated clusters here: nothing is cached in one
     raise errors.InvalidFilter(detail=f"Unknown filter {name!r}; see docs/api.md for the filter names.")
-
-
-def escape_like(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def describe_images(
@@ -178,19 +174,6 @@ def _kind_clause(caller: Caller, kind: ImageType, region: str) -> Any:
     shared = select(ImageShare.image_id).where(ImageShare.account_id == caller.account_id)
     return and_(Image.id.in_(shared), (Image.region + literal("")) == region,
                 Image.owner_id != caller.account_id, Image.is_public == false())
-
-
-INSTANCE_TYPE_RE = re.compile(r"^[A-Z][A-Z0-9]*\.[A-Z0-9]+$")
-
-
-def find_instance_type(svc: Services, instance_type: str) -> Any:
-    """The configured instance type; InvalidInstanceType.Malformed or InstanceTypeNotFound."""
-    if not INSTANCE_TYPE_RE.match(instance_type):
-        raise errors.InvalidInstanceTypeMalformed(value=instance_type)
-    itype = svc.settings.instance_type(instance_type)
-    if itype is None:
-        raise errors.InstanceTypeNotFound(value=instance_type)
-    return itype
 
 
 def _instance_type_clause(svc: Services, instance_type: str) -> Any:

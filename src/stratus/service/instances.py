@@ -26,7 +26,7 @@ from stratus.domain import errors, ids, query, tags
 from stratus.domain.states import INSTANCE_BUSY, ImageState, InstanceState, check_instance
 from stratus.service.context import Caller, Services
 from stratus.service.hosts import down_hosts, host_dir, place
-from stratus.service.image_describe import escape_like, find_instance_type
+from stratus.service.instance_types import find_instance_type
 from stratus.service.limits import check_tasks
 from stratus.service.visibility import get_visible
 from stratus.tasks.runner import enqueue
@@ -297,7 +297,7 @@ def _instance_filter(name: str, values: list[str]) -> Any:
     if name == "instance-id":
         return Instance.id.in_(values)
     if name == "instance-name":
-        return or_(*(Instance.name.ilike("%" + escape_like(v) + "%", escape="\\") for v in values))
+        return or_(*(Instance.name.ilike("%" + query.escape_like(v) + "%", escape="\\") for v in values))
     if name == "instance-state":
         return Instance.state.in_(values)
     if name == "image-id":
