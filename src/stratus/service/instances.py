@@ -27,7 +27,7 @@ from stratus.domain.states import INSTANCE_BUSY, ImageState, InstanceState, chec
 from stratus.service.context import Caller, Services
 from stratus.service.hosts import down_hosts, host_dir, place
 from stratus.service.instance_types import find_instance_type
-from stratus.service.limits import check_tasks
+from stratus.service.limits import check_tasks, lock_account
 from stratus.service.visibility import get_visible
 from stratus.tasks.runner import enqueue
 
@@ -201,14 +201,10 @@ def run_instances(svc: Services, caller: Caller, region: str, spec: RunSpec, req
     digest = _params_digest(spec.raw_params)
     names = expand_names(spec.name, spec.count)
     with svc.db.write() as s:
-        if svc.db.is_postgresql:
-            # One launch per account at a time (the quota count below), taken before the ClientToken lookup:
-            # two racing requests with one token then run one after the other, and the second sees the
-            # first's RunRequest instead of failing on its primary key. (SQLite's BEGIN IMMEDIATE already
-            # serializes writers.)
-            from stratus.catalog.models import Account
-
-            s.execute(select(Account.id).where(Account.id == caller.account_id).with_for_update())
+        # One launch per account at a time (the quota count below), taken before the ClientToken lookup:
+        # two racing requests with one token then run one after the other, and the second sees the
+        # first's RunRequest instead of failing on its primary key.
+        lock_account(svc, s, caller.account_id)
         if spec.client_token:
             prior = s.get(RunRequest, (caller.account_id, region, spec.client_token))
             if prior is not None:
