@@ -21,7 +21,7 @@ The contract (``tests/storage/store_suite.py`` runs it on both stores):
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -94,6 +94,22 @@ class StoreStats:
     bytes: int
     temp_files: int
     temp_bytes: int
+
+    @classmethod
+    def of(cls, scan: Iterable[ChunkInfo | TempFile]) -> StoreStats:
+        """The totals of a store's :meth:`ChunkStore.scan`."""
+        chunks = nbytes = temps = tbytes = 0
+        for item in scan:
+            if isinstance(item, ChunkInfo):
+                chunks, nbytes = chunks + 1, nbytes + item.size
+            else:
+                temps, tbytes = temps + 1, tbytes + item.size
+        return cls(chunks, nbytes, temps, tbytes)
+
+
+def temp_files(scan: Iterable[ChunkInfo | TempFile]) -> Iterator[TempFile]:
+    """The leftovers among a store's :meth:`ChunkStore.scan`."""
+    return (item for item in scan if isinstance(item, TempFile))
 
 
 def check_digest(digest: object) -> str:

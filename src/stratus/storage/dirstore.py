@@ -60,6 +60,7 @@ from stratus.storage.chunkstore import (
     TempFile,
     ZeroChunk,
     check_digest,
+    temp_files,
     verified_digest,
     zero_digest,
 )
@@ -311,20 +312,10 @@ class DirStore:
                 yield item
 
     def iter_temp_files(self) -> Iterator[TempFile]:
-        for item in self.scan():
-            if isinstance(item, TempFile):
-                yield item
+        return temp_files(self.scan())
 
     def stats(self) -> StoreStats:
-        chunks = nbytes = temps = tbytes = 0
-        for item in self.scan():
-            if isinstance(item, ChunkInfo):
-                chunks += 1
-                nbytes += item.size
-            else:
-                temps += 1
-                tbytes += item.size
-        return StoreStats(chunks, nbytes, temps, tbytes)
+        return StoreStats.of(self.scan())
 
     def remove_temp(self, temp: TempFile) -> bool:
         """Clean up a leftover: delete an interrupted write or scratch file, restore a gc trash file

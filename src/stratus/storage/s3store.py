@@ -55,6 +55,7 @@ from stratus.storage.chunkstore import (
     StoreUnavailable,
     TempFile,
     check_digest,
+    temp_files,
     verified_digest,
 )
 
@@ -359,18 +360,10 @@ class S3Store:
         yield from self._list_chunks(self.prefix)
 
     def iter_temp_files(self) -> Iterator[TempFile]:
-        for item in self.scan():
-            if isinstance(item, TempFile):
-                yield item
+        return temp_files(self.scan())
 
     def stats(self) -> StoreStats:
-        chunks = nbytes = temps = tbytes = 0
-        for item in self.scan():
-            if isinstance(item, ChunkInfo):
-                chunks, nbytes = chunks + 1, nbytes + item.size
-            else:
-                temps, tbytes = temps + 1, tbytes + item.size
-        return StoreStats(chunks, nbytes, temps, tbytes)
+        return StoreStats.of(self.scan())
 
     def remove_temp(self, temp: TempFile) -> bool:
         """Restore a chunk gc was deleting when it died (restoring is always safe)."""
