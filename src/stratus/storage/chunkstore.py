@@ -16,6 +16,9 @@ The contract (``tests/storage/store_suite.py`` runs it on both stores):
   never removes a chunk touched at or after that time (see each store for how);
 * ``present(digests)`` is the batch question a delta copy asks: which of these does the store have
   (touching them), answered without one request per chunk where the store allows.
+
+What the stores do alike lives here too: :class:`ChunkBatch`, the bookkeeping of a batch writer (each
+store says how it asks for, writes and commits a chunk), and :meth:`StoreStats.of` over a scan.
 """
 
 from __future__ import annotations
