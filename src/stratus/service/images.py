@@ -26,8 +26,9 @@ from stratus.service.visibility import get_visible, image_type, owned_or_operato
 
 def _changeable(svc: Services, s: Session, caller: Caller, region: str, image_id: str, verb: str,
                 shared: type[errors.CvmError]) -> Image:
-    """The image (row-locked on PostgreSQL) if the caller may modify or delete it: visible, not only shared (`shared`,
-    the action's code), its own or, for an operator, public; and not being created, imported or synced."""
+    """The image (row-locked on PostgreSQL) if the caller may modify or delete it: visible but not only
+    shared with it (else `shared`, the action's code), its own or, for an operator, public; and not being
+    created, imported or synced."""
     image = get_visible(s, caller, region, image_id, for_update=svc.db.is_postgresql)
     if image_type(image, caller) is ImageType.SHARED:
         raise shared(image_id=image_id)
