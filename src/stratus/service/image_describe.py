@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import operator
-import re
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -14,21 +13,24 @@ from sqlalchemy import Connection, and_, false, func, literal, or_, select, true
 from sqlalchemy.orm import selectinload
 
 from stratus.catalog.models import Image, ImageDisk, ImageShare, ImageTag
-from stratus.domain import errors
+from stratus.domain import errors, query
 from stratus.domain.states import ImageState, ImageType
 from stratus.service.context import Caller, Services
 from stratus.service.image_rules import MAX_IDS, count_images
+from stratus.service.instance_types import find_instance_type
 from stratus.service.visibility import check_image_id, visible_clause
 
-MAX_FILTERS = 10
-MAX_FILTER_VALUES = 5
-MAX_LIMIT = 100
-
 # Filter names of contract §5.1, plus a few extensions (documented in docs/api.md).
-FILTER_NAMES = {
+FILTER_NAMES = frozenset({
     "image-id", "image-type", "image-name", "platform", "tag-key", "tag-value", "image-state",
     "dedicated-cluster-id", "cdc-cache-status", "image-family", "architecture", "image-source", "os-type",
-}
+})
+# DescribeImages' own codes (§5.1) for ImageIds with Filters and for a page out of range.
+IMAGE_QUERY = query.QueryRules(
+    ids_param="ImageIds", filter_names=FILTER_NAMES, check_id=check_image_id, max_ids=MAX_IDS,
+    coexist=errors.InvalidParameterCoexistImageIdsFilters,
+    bad_page=errors.InvalidParameterValueInvalidParameterValueLimit,
+)
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ def _filter_clause(caller: Caller, name: str, values: list[str], sqlite: bool = 
         return or_(*clauses)
     if name in ("image-name", "platform"):
         col = Image.name if name == "image-name" else Image.platform
-        patterns = ["%" + escape_like(v) + "%" for v in values]
+        patterns = ["%" + query.escape_like(v) + "%" for v in values]
         if sqlite:  # SQLite's LIKE already ignores ASCII case, as its lower() does: skip lower() on each row
             return or_(*(col.like(p, escape="\\") for p in patterns))
         return or_(*(col.ilike(p, escape="\\") for p in patterns))  # ILIKE: served by the trigram index
@@ -89,10 +91,6 @@ def _filter_clause(caller: Caller, name: str, values: list[str], sqlite: bool = 
     raise errors.InvalidFilter(detail=f"Unknown filter {name!r}; see docs/api.md for the filter names.")
 
 
-def escape_like(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
 def describe_images(
     svc: Services,
     caller: Caller,
@@ -105,40 +103,18 @@ def describe_images(
     instance_type: str | None = None,
 ) -> ImagePage:
     """Images visible to the caller in the region. Anyone may call it."""
-    if image_ids is not None and filters is not None:
-        raise errors.InvalidParameterCoexistImageIdsFilters()
-    if offset < 0:
-        raise errors.InvalidParameterValueInvalidParameterValueLimit(detail="Offset must be 0 or more.")
-    if not 0 <= limit <= MAX_LIMIT:
-        raise errors.InvalidParameterValueInvalidParameterValueLimit(
-            detail=f"Limit must be between 0 and {MAX_LIMIT}, not {limit}."
-        )
+    query.check_query(IMAGE_QUERY, image_ids, filters, offset, limit)
     where: list[Any] = []
     kinds = list(ImageType)
     if image_ids is not None:
-        if len(image_ids) > MAX_IDS:
-            raise errors.InvalidParameterValueLimitExceeded(detail=f"At most {MAX_IDS} ImageIds per request.")
-        for image_id in image_ids:
-            check_image_id(image_id)
         where.append(Image.id.in_(image_ids))
-    if filters:
-        if len(filters) > MAX_FILTERS:
-            raise errors.InvalidParameterValueLimitExceeded(
-                detail=f"At most {MAX_FILTERS} Filters per request, got {len(filters)}."
-            )
-        for f in filters:
-            name, values = f["Name"], f["Values"]
-            if name not in FILTER_NAMES and not name.startswith("tag:"):
-                raise errors.InvalidFilter(detail=f"Unknown filter {name!r}; see docs/api.md for the filter names.")
-            if len(values) > MAX_FILTER_VALUES:
-                raise errors.InvalidFilterValueLimitExceeded(limit=MAX_FILTER_VALUES, name=name, count=len(values))
-            if not values:
-                raise errors.InvalidFilter(detail=f"Filter {name!r} has no Values.")
-            if name == "image-type":
-                _filter_clause(caller, name, values)  # validates the values
-                kinds = [k for k in kinds if k in values]
-            else:
-                where.append(_filter_clause(caller, name, values, svc.db.is_sqlite))
+    for f in filters or []:
+        name, values = f["Name"], f["Values"]
+        if name == "image-type":
+            _filter_clause(caller, name, values)  # validates the values
+            kinds = [k for k in kinds if k in values]
+        else:
+            where.append(_filter_clause(caller, name, values, svc.db.is_sqlite))
     if instance_type is not None:
         where.append(_instance_type_clause(svc, instance_type))
     # The visible set is the disjoint union of three kinds, each an index range: public in the region,
@@ -198,19 +174,6 @@ def _kind_clause(caller: Caller, kind: ImageType, region: str) -> Any:
     shared = select(ImageShare.image_id).where(ImageShare.account_id == caller.account_id)
     return and_(Image.id.in_(shared), (Image.region + literal("")) == region,
                 Image.owner_id != caller.account_id, Image.is_public == false())
-
-
-INSTANCE_TYPE_RE = re.compile(r"^[A-Z][A-Z0-9]*\.[A-Z0-9]+$")
-
-
-def find_instance_type(svc: Services, instance_type: str) -> Any:
-    """The configured instance type; InvalidInstanceType.Malformed or InstanceTypeNotFound."""
-    if not INSTANCE_TYPE_RE.match(instance_type):
-        raise errors.InvalidInstanceTypeMalformed(value=instance_type)
-    itype = svc.settings.instance_type(instance_type)
-    if itype is None:
-        raise errors.InstanceTypeNotFound(value=instance_type)
-    return itype
 
 
 def _instance_type_clause(svc: Services, instance_type: str) -> Any:

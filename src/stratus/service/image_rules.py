@@ -11,10 +11,11 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from stratus.catalog.models import Account, Image
+from stratus.catalog.models import Image
 from stratus.domain import errors, tags
 from stratus.domain.states import ImageState, check_image
 from stratus.service.context import Services
+from stratus.service.limits import lock_account
 
 MAX_IDS = 100  # ImageIds per request
 NAME_MAX = 60
@@ -34,8 +35,7 @@ def count_images(s: Session, owner_id: str, region: str) -> int:
 def reserve_quota(svc: Services, s: Session, owner_id: str, region: str, wanted: int = 1) -> None:
     """Serialize reservations per account (row lock on PostgreSQL, BEGIN IMMEDIATE on SQLite), so two
     concurrent imports can't both take the last slot: the new image row itself is the reservation."""
-    if svc.db.is_postgresql:
-        s.execute(select(Account.id).where(Account.id == owner_id).with_for_update())
+    lock_account(svc, s, owner_id)
     quota = svc.settings.quotas.images_per_region
     if count_images(s, owner_id, region) + wanted > quota:
         raise errors.ImageQuotaLimitExceeded(quota=quota, region=region)

@@ -7,8 +7,9 @@ quota, state changes), image_describe.py, image_import.py, image_export.py and t
 from __future__ import annotations
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
-from stratus.catalog.models import ExportObject, ImageShare, Task
+from stratus.catalog.models import ExportObject, Image, ImageShare, Task
 from stratus.domain import errors
 from stratus.domain.states import BUSY_STATES, ImageSource, ImageState, ImageType
 from stratus.service.context import Caller, Services
@@ -21,6 +22,24 @@ from stratus.service.image_rules import (
     validate_name,
 )
 from stratus.service.visibility import get_visible, image_type, owned_or_operator
+
+
+def _changeable(svc: Services, s: Session, caller: Caller, region: str, image_id: str, verb: str,
+                shared: type[errors.CvmError]) -> Image:
+    """The image (row-locked on PostgreSQL) if the caller may modify or delete it: visible but not only
+    shared with it (else `shared`, the action's code), its own or, for an operator, public; and not being
+    created, imported or synced."""
+    image = get_visible(s, caller, region, image_id, for_update=svc.db.is_postgresql)
+    if image_type(image, caller) is ImageType.SHARED:
+        raise shared(image_id=image_id)
+    if not owned_or_operator(image, caller):
+        raise errors.InvalidImageIdParam(
+            detail=f"The image {image_id} is a public image; only an operator can {verb} it.")
+    if image.state in BUSY_STATES:
+        raise errors.InvalidImageIdIncorrectState(image_id=image_id, state=image.state,
+                                                  needed="NORMAL or a failed state")
+    return image
+
 
 # --------------------------------------------------------------------------- ModifyImageAttribute
 
@@ -39,16 +58,7 @@ def modify_image_attribute(
     """The owner (or an operator, for a public image) changes name, description, family or the
     deprecated flag. Not while the image is being created, imported or synced."""
     with svc.db.write() as s:
-        image = get_visible(s, caller, region, image_id, for_update=svc.db.is_postgresql)
-        if image_type(image, caller) is ImageType.SHARED:
-            raise errors.SharedImageModifyUnsupported(image_id=image_id)
-        if not owned_or_operator(image, caller):
-            raise errors.InvalidImageIdParam(
-                detail=f"The image {image_id} is a public image; only an operator can change it."
-            )
-        if image.state in BUSY_STATES:
-            raise errors.InvalidImageIdIncorrectState(image_id=image_id, state=image.state,
-                                                      needed="NORMAL or a failed state")
+        image = _changeable(svc, s, caller, region, image_id, "change", errors.SharedImageModifyUnsupported)
         if name is not None:
             validate_name(name)
             check_name_free(s, image.owner_id, region, name, except_id=image.id)
@@ -76,17 +86,7 @@ def delete_images(svc: Services, caller: Caller, region: str, image_ids: list[st
     with svc.db.write() as s:
         images = []
         for image_id in dict.fromkeys(image_ids):
-            image = get_visible(s, caller, region, image_id, for_update=svc.db.is_postgresql)
-            kind = image_type(image, caller)
-            if kind is ImageType.SHARED:
-                raise errors.InvalidImageIdIsShared(image_id=image_id)
-            if not owned_or_operator(image, caller):
-                raise errors.InvalidImageIdParam(
-                    detail=f"The image {image_id} is a public image; only an operator can delete it."
-                )
-            if image.state in BUSY_STATES:
-                raise errors.InvalidImageIdIncorrectState(image_id=image_id, state=image.state,
-                                                          needed="NORMAL or a failed state")
+            image = _changeable(svc, s, caller, region, image_id, "delete", errors.InvalidImageIdIsShared)
             if s.scalar(select(func.count()).select_from(ImageShare).where(ImageShare.image_id == image_id)):
                 raise errors.InvalidImageIdInShared(image_id=image_id)
             in_flight = (Task.state.in_(("QUEUED", "RUNNING")))

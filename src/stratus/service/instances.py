@@ -22,12 +22,12 @@ from sqlalchemy.orm import Session, selectinload
 
 from stratus.catalog.models import Image, Instance, InstanceDisk, InstanceTag, RunRequest
 from stratus.config import InstanceType
-from stratus.domain import errors, ids, tags
+from stratus.domain import errors, ids, query, tags
 from stratus.domain.states import INSTANCE_BUSY, ImageState, InstanceState, check_instance
 from stratus.service.context import Caller, Services
 from stratus.service.hosts import down_hosts, host_dir, place
-from stratus.service.image_describe import escape_like, find_instance_type
-from stratus.service.limits import check_tasks
+from stratus.service.instance_types import find_instance_type
+from stratus.service.limits import check_tasks, lock_account
 from stratus.service.visibility import get_visible
 from stratus.tasks.runner import enqueue
 
@@ -36,16 +36,17 @@ MAX_INSTANCE_COUNT = 500
 MAX_BATCH_IDS = 100
 MAX_DATA_DISKS = 20
 MAX_USER_DATA = 16 * 1024
-MAX_LIMIT = 100
 DEFAULT_SYSTEM_DISK_GIB = 50
 DISK_TYPES = {"LOCAL_BASIC", "LOCAL_SSD", "CLOUD_BASIC", "CLOUD_SSD", "CLOUD_PREMIUM", "CLOUD_BSSD", "CLOUD_HSSD",
               "CLOUD_TSSD", "LOCAL_NVME", "LOCAL_PRO"}
 HOSTNAME_RE = re.compile(r"^(?!-)(?!.*--)(?!.*\.\.)[A-Za-z0-9.-]{2,60}(?<![-.])$")
 NAME_PATTERN_RE = re.compile(r"\{R:(\d+)(?:,F:(\d+))?\}")
-FILTER_NAMES = {"zone", "instance-id", "instance-name", "instance-state", "instance-charge-type", "image-id",
-                "tag-key", "tag-value", "project-id", "creation-start-time", "creation-end-time", "host-id",
-                "dedicated-cluster-id", "vpc-id", "subnet-id", "uuid", "security-group-id", "private-ip-address",
-                "public-ip-address", "ipv6-address"}
+# Filter names of contract §11.2.
+FILTER_NAMES = frozenset({
+    "zone", "instance-id", "instance-name", "instance-state", "instance-charge-type", "image-id", "tag-key",
+    "tag-value", "project-id", "creation-start-time", "creation-end-time", "host-id", "dedicated-cluster-id",
+    "vpc-id", "subnet-id", "uuid", "security-group-id", "private-ip-address", "public-ip-address", "ipv6-address",
+})
 
 
 # --------------------------------------------------------------------------- lookups
@@ -55,6 +56,14 @@ def check_instance_id(instance_id: Any) -> str:
     if not ids.is_id("instance", instance_id):
         raise errors.InvalidInstanceIdMalformed(instance_id=instance_id)
     return instance_id
+
+
+# DescribeInstances' own codes (§11.2 lists neither of DescribeImages' two): InvalidParameter for both
+# InstanceIds and Filters, InvalidParameterValue.LimitExceeded for a page out of range.
+INSTANCE_QUERY = query.QueryRules(
+    ids_param="InstanceIds", filter_names=FILTER_NAMES, check_id=check_instance_id, max_ids=MAX_BATCH_IDS,
+    coexist=errors.InvalidParameter, bad_page=errors.InvalidParameterValueLimitExceeded,
+)
 
 
 def get_owned(s: Session, caller: Caller, region: str, instance_id: str, *, lock: bool = False) -> Instance:
@@ -192,14 +201,10 @@ def run_instances(svc: Services, caller: Caller, region: str, spec: RunSpec, req
     digest = _params_digest(spec.raw_params)
     names = expand_names(spec.name, spec.count)
     with svc.db.write() as s:
-        if svc.db.is_postgresql:
-            # One launch per account at a time (the quota count below), taken before the ClientToken lookup:
-            # two racing requests with one token then run one after the other, and the second sees the
-            # first's RunRequest instead of failing on its primary key. (SQLite's BEGIN IMMEDIATE already
-            # serializes writers.)
-            from stratus.catalog.models import Account
-
-            s.execute(select(Account.id).where(Account.id == caller.account_id).with_for_update())
+        # One launch per account at a time (the quota count below), taken before the ClientToken lookup:
+        # two racing requests with one token then run one after the other, and the second sees the
+        # first's RunRequest instead of failing on its primary key.
+        lock_account(svc, s, caller.account_id)
         if spec.client_token:
             prior = s.get(RunRequest, (caller.account_id, region, spec.client_token))
             if prior is not None:
@@ -288,7 +293,7 @@ def _instance_filter(name: str, values: list[str]) -> Any:
     if name == "instance-id":
         return Instance.id.in_(values)
     if name == "instance-name":
-        return or_(*(Instance.name.ilike("%" + escape_like(v) + "%", escape="\\") for v in values))
+        return or_(*(Instance.name.ilike("%" + query.escape_like(v) + "%", escape="\\") for v in values))
     if name == "instance-state":
         return Instance.state.in_(values)
     if name == "image-id":
@@ -319,26 +324,11 @@ def describe_instances(svc: Services, caller: Caller, region: str, *, instance_i
                        filters: list[dict[str, Any]] | None = None, offset: int = 0, limit: int = 20
                        ) -> InstancePage:
     """The caller's own instances in the region (other accounts' are never listed)."""
-    if instance_ids is not None and filters is not None:
-        raise errors.InvalidParameter(detail="InstanceIds and Filters cannot be given together.")
-    if offset < 0 or not 0 <= limit <= MAX_LIMIT:
-        raise errors.InvalidParameterValueLimitExceeded(detail=f"Offset must be ≥ 0 and Limit 0-{MAX_LIMIT}.")
+    query.check_query(INSTANCE_QUERY, instance_ids, filters, offset, limit)
     where: list[Any] = [Instance.owner_id == caller.account_id, Instance.region == region]
     if instance_ids is not None:
-        if len(instance_ids) > MAX_BATCH_IDS:
-            raise errors.InvalidParameterValueLimitExceeded(detail=f"At most {MAX_BATCH_IDS} InstanceIds.")
-        for iid in instance_ids:
-            check_instance_id(iid)
         where.append(Instance.id.in_(instance_ids))
-    for f in filters or []:
-        name, values = f["Name"], f["Values"]
-        if name not in FILTER_NAMES and not name.startswith("tag:"):
-            raise errors.InvalidFilter(detail=f"Unknown filter {name!r}; see docs/api.md.")
-        if len(values) > 5:
-            raise errors.InvalidFilterValueLimitExceeded(limit=5, name=name, count=len(values))
-        where.append(_instance_filter(name, values))
-    if filters and len(filters) > 10:
-        raise errors.InvalidParameterValueLimitExceeded(detail="At most 10 Filters per request.")
+    where += [_instance_filter(f["Name"], f["Values"]) for f in filters or []]
     with svc.db.read() as s:
         total = s.scalar(select(func.count()).select_from(Instance).where(*where)) or 0
         q: Select[Any] = (select(Instance).where(*where).order_by(Instance.created_at.desc(), Instance.id.desc())

@@ -24,7 +24,10 @@ IN_FLIGHT = ("QUEUED", "RUNNING")
 
 
 def lock_account(svc: Services, s: Session, account_id: str) -> None:
-    """Serialize the limit checks of one account (SQLite's BEGIN IMMEDIATE already serializes writers)."""
+    """Serialize the quota and limit checks of one account until `s` commits: the account row locked on
+    PostgreSQL (SQLite's BEGIN IMMEDIATE already serializes writers). Every count-then-create of an
+    account's images, instances, uploads or tasks takes it first, so two requests can't both take the
+    last slot."""
     if svc.db.is_postgresql:
         s.execute(select(Account.id).where(Account.id == account_id).with_for_update())
 

@@ -27,9 +27,10 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from stratus.catalog.db import rowcount
-from stratus.catalog.models import Account, Upload
+from stratus.catalog.models import Upload
 from stratus.domain import errors, ids
 from stratus.service.context import Caller, Services
+from stratus.service.limits import lock_account
 
 DECLARED_FORMATS = {"RAW", "QCOW2", "VMDK", "VHD"}
 CLAIM_SECONDS = 60.0  # a PUT's write claim lasts this long after its last commit
@@ -75,8 +76,7 @@ def path_of(svc: Services, upload_id: str) -> Path:
 def _check_account_limits(svc: Services, s: Session, caller: Caller, size: int) -> None:
     """Uploads not yet consumed, and their declared bytes, are bounded per account. Serialized per account
     (row lock on PostgreSQL, BEGIN IMMEDIATE on SQLite) so concurrent creates can't overshoot."""
-    if svc.db.is_postgresql:
-        s.execute(select(Account.id).where(Account.id == caller.account_id).with_for_update())
+    lock_account(svc, s, caller.account_id)
     limits = svc.settings.limits
     count, total = s.execute(
         select(func.count(), func.coalesce(func.sum(Upload.size), 0))

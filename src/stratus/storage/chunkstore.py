@@ -16,15 +16,19 @@ The contract (``tests/storage/store_suite.py`` runs it on both stores):
   never removes a chunk touched at or after that time (see each store for how);
 * ``present(digests)`` is the batch question a delta copy asks: which of these does the store have
   (touching them), answered without one request per chunk where the store allows.
+
+What the stores do alike lives here too: :class:`ChunkBatch`, the bookkeeping of a batch writer (each
+store says how it asks for, writes and commits a chunk), and :meth:`StoreStats.of` over a scan.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+import threading
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, Self, runtime_checkable
 
 import blake3
 
@@ -94,6 +98,22 @@ class StoreStats:
     temp_files: int
     temp_bytes: int
 
+    @classmethod
+    def of(cls, scan: Iterable[ChunkInfo | TempFile]) -> StoreStats:
+        """The totals of a store's :meth:`ChunkStore.scan`."""
+        chunks = nbytes = temps = tbytes = 0
+        for item in scan:
+            if isinstance(item, ChunkInfo):
+                chunks, nbytes = chunks + 1, nbytes + item.size
+            else:
+                temps, tbytes = temps + 1, tbytes + item.size
+        return cls(chunks, nbytes, temps, tbytes)
+
+
+def temp_files(scan: Iterable[ChunkInfo | TempFile]) -> Iterator[TempFile]:
+    """The leftovers among a store's :meth:`ChunkStore.scan`."""
+    return (item for item in scan if isinstance(item, TempFile))
+
 
 def check_digest(digest: object) -> str:
     if not is_digest(digest):
@@ -120,6 +140,9 @@ def verified_digest(digest: str, data: bytes | bytearray | memoryview) -> str:
     return digest
 
 
+Data = bytes | bytearray | memoryview
+
+
 class BatchWriter(Protocol):
     """Many chunk writes with one durability barrier (:meth:`commit`); thread-safe."""
 
@@ -136,6 +159,76 @@ class BatchWriter(Protocol):
     def __enter__(self) -> BatchWriter: ...
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None: ...
+
+
+class ChunkBatch:
+    """What every store's :class:`BatchWriter` does the same way: all-zero chunks are never stored, a
+    digest is put once per batch (even by several threads at once), a chunk the store has is only touched
+    (with ``conceal_present``, also answered by ``write_decoy``, a write that costs what a new chunk
+    would), and the counters. A store supplies :meth:`_present`, :meth:`_write` and :meth:`commit`."""
+
+    def __init__(self, *, conceal_present: bool, write_decoy: Callable[[Data], None]) -> None:
+        self.conceal_present = conceal_present
+        self._write_decoy = write_decoy
+        self._lock = threading.Lock()
+        self._seen: set[str] = set()
+        self.new_chunks = 0
+        self.new_bytes = 0
+        self.reused_chunks = 0
+
+    def put_data(self, data: Data) -> tuple[str | None, bool]:
+        """Hash ``data`` and store it unless present: (digest, newly written); (None, False) when it is all
+        zeros (never stored). The digest is computed here from the bytes written: nothing to verify."""
+        digest = blake3.blake3(data).hexdigest()
+        if digest == zero_digest(len(memoryview(data).cast("B"))):
+            return None, False
+        return digest, self._put(digest, data)
+
+    def put(self, digest: str, data: Data) -> bool:
+        """Like :meth:`ChunkStore.put` (verifies ``data`` against ``digest``), durable at :meth:`commit`."""
+        verified_digest(digest, data)
+        return self._put(digest, data)
+
+    def _put(self, digest: str, data: Data) -> bool:
+        with self._lock:
+            if digest in self._seen:  # the same content twice in one batch (or in flight in another thread)
+                self.reused_chunks += 1
+                return False
+            self._seen.add(digest)
+        try:
+            if self._present(digest):
+                if self.conceal_present:
+                    self._write_decoy(data)
+                with self._lock:
+                    self.reused_chunks += 1
+                return False
+            self._write(digest, data)
+        except BaseException:
+            with self._lock:
+                self._seen.discard(digest)
+            raise
+        with self._lock:
+            self.new_chunks += 1
+            self.new_bytes += len(memoryview(data).cast("B"))
+        return True
+
+    def _present(self, digest: str) -> bool:
+        """Whether the store has the chunk, touching it if so (gc's grace period)."""
+        raise NotImplementedError
+
+    def _write(self, digest: str, data: Data) -> None:
+        """Store a chunk the store lacks (its name durable by :meth:`commit`)."""
+        raise NotImplementedError
+
+    def commit(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.commit()
 
 
 @runtime_checkable

@@ -49,15 +49,18 @@ import blake3
 from stratus import metrics
 from stratus.domain.manifest import MAX_CHUNK_SIZE, is_digest
 from stratus.storage.chunkstore import (
+    ChunkBatch,
     ChunkCorrupt,
     ChunkInfo,
     ChunkMissing,
+    Data,
     InvalidDigest,
     StoreError,
     StoreStats,
     TempFile,
     ZeroChunk,
     check_digest,
+    temp_files,
     verified_digest,
     zero_digest,
 )
@@ -343,20 +346,10 @@ class DirStore:
                 yield item
 
     def iter_temp_files(self) -> Iterator[TempFile]:
-        for item in self.scan():
-            if isinstance(item, TempFile):
-                yield item
+        return temp_files(self.scan())
 
     def stats(self) -> StoreStats:
-        chunks = nbytes = temps = tbytes = 0
-        for item in self.scan():
-            if isinstance(item, ChunkInfo):
-                chunks += 1
-                nbytes += item.size
-            else:
-                temps += 1
-                tbytes += item.size
-        return StoreStats(chunks, nbytes, temps, tbytes)
+        return StoreStats.of(self.scan())
 
     def remove_temp(self, temp: TempFile) -> bool:
         """Clean up a leftover: delete an interrupted write or scratch file, restore a gc trash file
@@ -464,7 +457,7 @@ class DirStore:
         list(_DIR_SYNCERS.map(_fsync_dir, ordered))
 
 
-class ChunkWriter:
+class ChunkWriter(ChunkBatch):
     """Writes many chunks with one durability barrier: :meth:`commit`.
 
     Thread-safe: many threads may call :meth:`put_data` at once. Each chunk file is fsynced before it gets
@@ -474,65 +467,24 @@ class ChunkWriter:
     """
 
     def __init__(self, store: DirStore, *, conceal_present: bool = False) -> None:
+        super().__init__(conceal_present=conceal_present, write_decoy=store.write_decoy)
         self.store = store
-        self.conceal_present = conceal_present
-        self._lock = threading.Lock()
         self._dirty: set[Path] = set()
-        self._seen: set[str] = set()
-        self.new_chunks = 0
-        self.new_bytes = 0
-        self.reused_chunks = 0
 
-    def put_data(self, data: bytes | bytearray | memoryview) -> tuple[str | None, bool]:
-        """Hash ``data`` and store it unless present: (digest, newly written); (None, False) when it is all
-        zeros (never stored). The digest is computed here from the bytes written: nothing to verify."""
-        digest = blake3.blake3(data).hexdigest()
-        if digest == zero_digest(len(memoryview(data).cast("B"))):
-            return None, False
-        return digest, self._put(digest, data)
+    def _present(self, digest: str) -> bool:
+        return self.store.touch(digest)
 
-    def put(self, digest: str, data: bytes | bytearray | memoryview) -> bool:
-        """Like :meth:`DirStore.put` (verifies ``data`` against ``digest``), durable at :meth:`commit`."""
-        verified_digest(digest, data)
-        return self._put(digest, data)
-
-    def _put(self, digest: str, data: bytes | bytearray | memoryview) -> bool:
-        with self._lock:
-            if digest in self._seen:  # the same content twice in one batch (or in flight in another thread)
-                self.reused_chunks += 1
-                return False
-            self._seen.add(digest)
-        try:
-            if self.store.touch(digest):
-                if self.conceal_present:
-                    self.store.write_decoy(data)
-                with self._lock:
-                    self.reused_chunks += 1
-                return False
-            dirty: set[Path] = set()
-            self.store._write(digest, data, dirty)
-        except BaseException:
-            with self._lock:
-                self._seen.discard(digest)
-            raise
+    def _write(self, digest: str, data: Data) -> None:
+        dirty: set[Path] = set()
+        self.store._write(digest, data, dirty)
         with self._lock:
             self._dirty |= dirty
-            self.new_chunks += 1
-            self.new_bytes += len(memoryview(data).cast("B"))
-        return True
 
     def commit(self) -> None:
         """Make every chunk put so far durable under its name (fsync the directories touched)."""
         with self._lock:
             dirty, self._dirty = self._dirty, set()
         self.store._sync_dirs(dirty)
-
-    def __enter__(self) -> ChunkWriter:
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            self.commit()
 
 
 def _scandir_sorted(path: str | os.PathLike[str]) -> list[os.DirEntry[str]]:

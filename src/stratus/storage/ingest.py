@@ -90,6 +90,20 @@ class IngestResult:
 _Piece = tuple[int, int, int | None]
 
 
+@contextlib.contextmanager
+def _damaged_file_is_ingest_error() -> Iterator[None]:
+    """A QemuImgError as an IngestError: the gate let the file through, but qemu-img can't read all of it
+    (found by fuzzing: a mutated streamOptimized vmdk whose grain qemu fails to read during the
+    conversion). That is the file's fault, so it is refused with qemu's words, like every other refusal."""
+    try:
+        yield
+    except qemu_img.QemuImgError as exc:
+        raise IngestError(
+            f"qemu-img could not read the image ({exc.stderr or exc}); the file is damaged, export it again"
+        ) from exc
+
+
+@_damaged_file_is_ingest_error()
 def ingest_disk(
     path: str | os.PathLike[str],
     qemu_format: str,
@@ -112,30 +126,6 @@ def ingest_disk(
     re-read if gone meanwhile. ``tmp_dir`` holds the raw file of a conversion (default: the store's
     scratch directory).
     """
-    try:
-        return _ingest_disk(path, qemu_format, store, chunk_size, progress=progress, should_stop=should_stop,
-                            already=already, tmp_dir=tmp_dir, workers=workers)
-    except qemu_img.QemuImgError as exc:
-        # The gate let the file through, but qemu-img can't read all of it (found by fuzzing: a mutated
-        # streamOptimized vmdk whose grain qemu fails to read during the conversion). That is the file's
-        # fault, so it is an IngestError with qemu's words, like every other refusal here.
-        raise IngestError(
-            f"qemu-img could not read the image ({exc.stderr or exc}); the file is damaged, export it again"
-        ) from exc
-
-
-def _ingest_disk(
-    path: str | os.PathLike[str],
-    qemu_format: str,
-    store: ChunkStore,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    *,
-    progress: Progress | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    already: Sequence[str | None] | None = None,
-    tmp_dir: str | os.PathLike[str] | None = None,
-    workers: int | None = None,
-) -> IngestResult:
     check_chunk_size(chunk_size)
     workers = workers or store.concurrency
     path = Path(path)

@@ -45,16 +45,18 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from stratus.domain.manifest import MAX_CHUNK_SIZE, is_digest
 from stratus.storage.chunkstore import (
+    ChunkBatch,
     ChunkCorrupt,
     ChunkInfo,
     ChunkMissing,
+    Data,
     StoreError,
     StoreStats,
     StoreUnavailable,
     TempFile,
     check_digest,
+    temp_files,
     verified_digest,
-    zero_digest,
 )
 
 TRASH = "gc/"  # under the prefix: chunks gc is deleting
@@ -358,18 +360,10 @@ class S3Store:
         yield from self._list_chunks(self.prefix)
 
     def iter_temp_files(self) -> Iterator[TempFile]:
-        for item in self.scan():
-            if isinstance(item, TempFile):
-                yield item
+        return temp_files(self.scan())
 
     def stats(self) -> StoreStats:
-        chunks = nbytes = temps = tbytes = 0
-        for item in self.scan():
-            if isinstance(item, ChunkInfo):
-                chunks, nbytes = chunks + 1, nbytes + item.size
-            else:
-                temps, tbytes = temps + 1, tbytes + item.size
-        return StoreStats(chunks, nbytes, temps, tbytes)
+        return StoreStats.of(self.scan())
 
     def remove_temp(self, temp: TempFile) -> bool:
         """Restore a chunk gc was deleting when it died (restoring is always safe)."""
@@ -384,7 +378,7 @@ class S3Store:
         return True
 
 
-class S3ChunkWriter:
+class S3ChunkWriter(ChunkBatch):
     """A batch of chunk writes. Each PUT is durable when it returns, so :meth:`commit` has nothing to do.
     Thread-safe.
 
@@ -397,51 +391,16 @@ class S3ChunkWriter:
     """
 
     def __init__(self, store: S3Store, *, list_store: bool = True, conceal_present: bool = False) -> None:
+        super().__init__(conceal_present=conceal_present, write_decoy=store.write_decoy)
         self.store = store
         self.list_store = list_store
-        self.conceal_present = conceal_present
-        self._lock = threading.Lock()
         self._listed: dict[str, threading.Event] = {}
         self._known: set[str] = set()
-        self._seen: set[str] = set()
-        self.new_chunks = 0
-        self.new_bytes = 0
-        self.reused_chunks = 0
 
-    def put_data(self, data: bytes | bytearray | memoryview) -> tuple[str | None, bool]:
-        digest = blake3.blake3(data).hexdigest()
-        if digest == zero_digest(len(memoryview(data).cast("B"))):
-            return None, False
-        return digest, self._put(digest, data)
+    def _write(self, digest: str, data: Data) -> None:
+        self.store._put_object(digest, data)
 
-    def put(self, digest: str, data: bytes | bytearray | memoryview) -> bool:
-        verified_digest(digest, data)
-        return self._put(digest, data)
-
-    def _put(self, digest: str, data: bytes | bytearray | memoryview) -> bool:
-        with self._lock:
-            if digest in self._seen:
-                self.reused_chunks += 1
-                return False
-            self._seen.add(digest)
-        try:
-            if self._known_present(digest):
-                if self.conceal_present:
-                    self.store.write_decoy(data)
-                with self._lock:
-                    self.reused_chunks += 1
-                return False
-            self.store._put_object(digest, data)
-        except BaseException:
-            with self._lock:
-                self._seen.discard(digest)
-            raise
-        with self._lock:
-            self.new_chunks += 1
-            self.new_bytes += len(memoryview(data).cast("B"))
-        return True
-
-    def _known_present(self, digest: str) -> bool:
+    def _present(self, digest: str) -> bool:
         if not self.list_store:
             return self.store.has(digest)
         shard = digest[0]
@@ -471,13 +430,6 @@ class S3ChunkWriter:
 
     def commit(self) -> None:
         """Every PUT that returned is durable already."""
-
-    def __enter__(self) -> S3ChunkWriter:
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            self.commit()
 
 
 class S3Objects:
