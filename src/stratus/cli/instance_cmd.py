@@ -1,4 +1,4 @@
-"""`stratus instance ...` and `stratus image create`: instance verbs through the official SDK."""
+"""`stratus instance ...`: instance verbs through the official SDK."""
 
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ from stratus.cli.common import (
     sdk_errors,
     table,
 )
-from stratus.cli.image_cmd import follow_image
 
 app = typer.Typer(help="Run, list, stop, start, reboot, reset and terminate instances.", no_args_is_help=True)
 
@@ -213,31 +212,3 @@ def console_(
         time.sleep(0.5)
     sys.stdout.write(text)
 
-
-@sdk_errors
-def create_image(
-    instance: str = typer.Option(..., "--instance"),
-    name: str = typer.Option(..., "--name"),
-    data_disk: list[str] = typer.Option([], "--data-disk", help="A data disk id to include (repeatable)."),
-    description: str = typer.Option("", "--description"),
-    force_poweroff: bool = typer.Option(False, "--force-poweroff"),
-    endpoint: str = EndpointOpt,
-    region: str = RegionOpt,
-    json_out: bool = JsonOpt,
-) -> None:
-    """Capture a custom image from an instance (its system disk, plus the data disks named)."""
-    ep = Endpoint(endpoint, region)
-    params: dict[str, Any] = {"InstanceId": instance, "ImageName": name,
-                              "ForcePoweroff": "true" if force_poweroff else "false"}
-    if data_disk:
-        params["DataDiskIds"] = data_disk
-    if description:
-        params["ImageDescription"] = description
-    image_id = ep.request("CreateImage", params).ImageId
-    image = follow_image(ep, image_id, "CREATING")
-    if json_out:
-        print_json(image)
-    if image["ImageState"] != "NORMAL":
-        die(f"CreateImage {image_id} failed: {image.get('ImageStateReason')}", EXIT_FAILED)
-    if not json_out:
-        out.print(image_id)
