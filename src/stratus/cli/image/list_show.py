@@ -28,16 +28,10 @@ def list_(
     json_out: bool = JsonOpt,
 ) -> None:
     """List the images you can see."""
-    ep = Endpoint(endpoint, region)
-    params: dict[str, Any] = {"Limit": 100}
+    params: dict[str, Any] = {}
     if image_type:
         params["Filters"] = [{"Name": "image-type", "Values": [image_type]}]
-    images: list[dict[str, Any]] = []
-    while True:
-        resp = ep.call("DescribeImages", {**params, "Offset": len(images)})
-        images += resp["ImageSet"]
-        if len(images) >= resp["TotalCount"] or not resp["ImageSet"]:
-            break
+    images = Endpoint(endpoint, region).describe_all("DescribeImages", "ImageSet", params)
     if json_out:
         print_json(images)
         return

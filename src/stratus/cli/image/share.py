@@ -10,13 +10,18 @@ from stratus.cli.image.options import split_values
 AccountOpt = typer.Option(..., "--account", help="Account id; repeat it or separate with commas.")
 
 
+def _set_permission(ep: Endpoint, image_id: str, account: list[str], permission: str) -> list[str]:
+    """ModifyImageSharePermission (SHARE or CANCEL) for the accounts named; returns them."""
+    accounts = split_values(account)
+    ep.request("ModifyImageSharePermission", {"ImageId": image_id, "AccountIds": accounts, "Permission": permission})
+    return accounts
+
+
 @sdk_errors
 def share(image_id: str, account: list[str] = AccountOpt, endpoint: str = EndpointOpt,
           region: str = RegionOpt) -> None:
     """Share a custom image with other accounts (in its region): they may launch instances from it."""
-    accounts = split_values(account)
-    Endpoint(endpoint, region).request("ModifyImageSharePermission",
-                                       {"ImageId": image_id, "AccountIds": accounts, "Permission": "SHARE"})
+    accounts = _set_permission(Endpoint(endpoint, region), image_id, account, "SHARE")
     out.print(f"shared {image_id} with {', '.join(accounts)}")
 
 
@@ -24,9 +29,7 @@ def share(image_id: str, account: list[str] = AccountOpt, endpoint: str = Endpoi
 def unshare(image_id: str, account: list[str] = AccountOpt, endpoint: str = EndpointOpt,
             region: str = RegionOpt) -> None:
     """Stop sharing an image with accounts; their running instances are not affected."""
-    accounts = split_values(account)
-    Endpoint(endpoint, region).request("ModifyImageSharePermission",
-                                       {"ImageId": image_id, "AccountIds": accounts, "Permission": "CANCEL"})
+    accounts = _set_permission(Endpoint(endpoint, region), image_id, account, "CANCEL")
     out.print(f"unshared {image_id} from {', '.join(accounts)}")
 
 

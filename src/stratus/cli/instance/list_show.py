@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from stratus.cli.common import (
     EXIT_REFUSED,
     Endpoint,
@@ -21,13 +19,7 @@ from stratus.cli.instance.follow import describe
 @sdk_errors
 def list_(endpoint: str = EndpointOpt, region: str = RegionOpt, json_out: bool = JsonOpt) -> None:
     """List your instances in the region."""
-    ep = Endpoint(endpoint, region)
-    found: list[dict[str, Any]] = []
-    while True:
-        resp = ep.call("DescribeInstances", {"Limit": 100, "Offset": len(found)})
-        found += resp["InstanceSet"]
-        if len(found) >= resp["TotalCount"] or not resp["InstanceSet"]:
-            break
+    found = Endpoint(endpoint, region).describe_all("DescribeInstances", "InstanceSet")
     if json_out:
         print_json(found)
         return
