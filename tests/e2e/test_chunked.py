@@ -143,6 +143,9 @@ def test_an_interrupted_transfer_resumes_with_what_is_missing(server: Server, tm
                    content=b"".join(chunkframes.encode([(blake3.blake3(stranger).hexdigest(), stranger)])))
     assert r.status_code == 409 and "not a data chunk" in r.text
     body = b"".join(chunkframes.encode([(d, raw[i * MiB:(i + 1) * MiB]) for i, d in half if d]))
+    # A batch must say its size (it is read into a buffer of that size): not chunked transfer coding.
+    r = httpx.post(server.url + chunks, content=iter([body]), headers=_unsigned(server, carol, chunks))
+    assert r.status_code == 400 and "MissingParameter" in r.text and "Content-Length" in r.text
     r = httpx.post(server.url + chunks, content=body, headers=_unsigned(server, carol, chunks))
     assert r.status_code == 200, r.text
     # Run again: only the other half crosses.

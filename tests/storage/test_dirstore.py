@@ -290,6 +290,39 @@ def test_o_direct_refused_falls_back_to_buffered(store: DirStore, monkeypatch: p
     assert list(store.iter_temp_files()) == []
 
 
+@pytest.mark.parametrize("size", [1000, PAGE * 2, PAGE * 2 + 512])
+def test_reads_bypass_the_page_cache_and_return_exact_bytes(store: DirStore, monkeypatch: pytest.MonkeyPatch,
+                                                            size: int) -> None:
+    data = os.urandom(size)
+    store.put(digest(data), data)
+    real_open = os.open
+    flags_seen: list[int] = []
+
+    def spy_open(path: object, flags: int, *args: object) -> int:
+        flags_seen.append(flags)
+        return real_open(path, flags, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(dirstore_mod.os, "open", spy_open)
+    got = store.get(digest(data))
+    assert bytes(got) == data and len(got) == size
+    assert [bool(f & os.O_DIRECT) for f in flags_seen] == [True]
+
+
+def test_reads_where_o_direct_is_refused_go_through_the_page_cache(store: DirStore,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    data = os.urandom(PAGE * 3)
+    store.put(digest(data), data)
+    real_open = os.open
+
+    def no_direct(path: object, flags: int, *args: object) -> int:
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "O_DIRECT not supported (injected)")
+        return real_open(path, flags, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(dirstore_mod.os, "open", no_direct)
+    assert bytes(store.get(digest(data))) == data
+
+
 def test_remove_temp(store: DirStore) -> None:
     data = os.urandom(500)
     d = digest(data)

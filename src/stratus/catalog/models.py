@@ -15,6 +15,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -160,7 +161,17 @@ class Task(Base):
     means the worker died and another may take the task over."""
 
     __tablename__ = "tasks"
-    __table_args__ = (Index("ix_tasks_state_lease", "state", "lease_expires_at"),)
+    __table_args__ = (
+        Index("ix_tasks_state_lease", "state", "lease_expires_at"),
+        # The mutexes (migration 0012): "is a capture of this instance in flight", "is a copy reading this
+        # image". Partial: only the tasks that have the subject are in them; `col = ?` implies the condition,
+        # so both databases use them for those lookups.
+        Index("ix_tasks_instance_kind_state", "instance_id", "kind", "state",
+              sqlite_where=text("instance_id IS NOT NULL"), postgresql_where=text("instance_id IS NOT NULL")),
+        Index("ix_tasks_source_image_kind_state", "source_image_id", "kind", "state",
+              sqlite_where=text("source_image_id IS NOT NULL"),
+              postgresql_where=text("source_image_id IS NOT NULL")),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     kind: Mapped[str] = mapped_column(String(32))
@@ -168,6 +179,11 @@ class Task(Base):
     account_id: Mapped[str | None] = mapped_column(String(20), nullable=True, index=True)
     region: Mapped[str | None] = mapped_column(String(64), nullable=True)
     image_id: Mapped[str | None] = mapped_column(String(16), nullable=True, index=True)
+    # The one instance the task works on (capture, reset); None for a batch (launch, start, stop, reboot,
+    # terminate: one task per host, whose instance ids are in the payload). No FK: tasks outlive instances.
+    instance_id: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # The image a copy (sync) reads from: DeleteImages refuses it while one is in flight.
+    source_image_id: Mapped[str | None] = mapped_column(String(16), nullable=True)
     payload: Mapped[str] = mapped_column(Text, default="{}")
     result: Mapped[str | None] = mapped_column(Text, nullable=True)
     stage: Mapped[str] = mapped_column(String(32), default="queued")

@@ -9,6 +9,7 @@ from typer import core as typer_core
 
 from stratus.cli import account_cmd, demo_cmd, doctor_cmd, host_cmd, image, instance, serve_cmd, store_cmd
 from stratus.cli.common import EXIT_CODES
+from stratus.malloc import keep_freed_memory
 
 
 def _tidy_help() -> None:
@@ -59,6 +60,7 @@ app.command("doctor")(doctor_cmd.doctor)
 
 
 def main() -> None:
+    keep_freed_memory()
     app()
 
 

@@ -71,7 +71,7 @@ def create_image(
         with svc.db.write() as s:
             inst = get_owned(s, caller, region, instance_id, lock=svc.db.is_postgresql)
             busy = s.scalar(select(Task.id).where(Task.kind == "capture", Task.state.in_(("QUEUED", "RUNNING")),
-                                                  Task.payload.contains(f'"{inst.id}"')))
+                                                  Task.instance_id == inst.id))
             if busy is not None:
                 raise errors.MutexOperationTaskRunning(detail=f"An image of {inst.id} is being created already.")
             check_operable(inst, "CreateImage")
@@ -113,7 +113,8 @@ def create_image(
             check_tasks(svc, s, caller.account_id)  # limits.tasks_per_account
             enqueue(s, "capture", {"instance_id": inst.id, "disk_ids": [d.id for d in chosen],
                                    "force_poweroff": force_poweroff},
-                    account_id=caller.account_id, region=region, image_id=image_id, host=inst.compute_host)
+                    account_id=caller.account_id, region=region, image_id=image_id, host=inst.compute_host,
+                    instance_id=inst.id)
     except DryRunPassed:
         return None
     svc.on_task_queued()

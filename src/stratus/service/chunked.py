@@ -160,7 +160,7 @@ def put_chunks(svc: Services, caller: Caller, upload_id: str, records: list[tupl
     return new
 
 
-def parse_chunks(body: bytes) -> list[tuple[str, memoryview]]:
+def parse_chunks(body: bytes | memoryview) -> list[tuple[str, memoryview]]:
     try:
         return list(chunkframes.decode(body))
     except chunkframes.FrameError as exc:
@@ -187,7 +187,8 @@ def export_manifest(svc: Services, caller: Caller, region: str, image_id: str, d
     return manifest
 
 
-def read_chunks(svc: Services, caller: Caller, region: str, image_id: str, digests: list[str]) -> list[bytes]:
+def read_chunks(svc: Services, caller: Caller, region: str, image_id: str, digests: list[str]
+                ) -> list[bytes | memoryview]:
     """The bytes of chunks of an exportable image (each re-hashed by the store as it is read)."""
     allowed: set[str] = set()
     for disk in _exportable(svc, caller, region, image_id):

@@ -98,8 +98,7 @@ def delete_images(svc: Services, caller: Caller, region: str, image_ids: list[st
                     detail=f"The image {image_id} is being exported; delete it when the export finishes."
                 )
             # A copy reads the source's chunks until it ends: deleting the source would let gc take them.
-            if s.scalar(select(Task.id).where(in_flight, Task.kind == "sync",
-                                              Task.payload.contains(f'"source_image_id": "{image_id}"'))):
+            if s.scalar(select(Task.id).where(in_flight, Task.kind == "sync", Task.source_image_id == image_id)):
                 raise errors.MutexOperationTaskRunning(
                     detail=f"The image {image_id} is being copied to another region; delete it when the copy ends."
                 )

@@ -454,7 +454,7 @@ def reset_instance(svc: Services, caller: Caller, region: str, instance_id: str,
             payload["host_name"] = host_name
         check_tasks(svc, s, caller.account_id)  # limits.tasks_per_account
         enqueue(s, "instance", payload, account_id=caller.account_id, region=region, image_id=image.id,
-                host=inst.compute_host)
+                host=inst.compute_host, instance_id=inst.id)
     svc.on_task_queued()
 
 

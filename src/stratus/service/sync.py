@@ -194,7 +194,8 @@ def sync_images(
                 except IntegrityError:  # raced past check_name_free; the unique key decides
                     raise errors.InvalidImageNameDuplicate(name=name, region=dest) from None
                 check_tasks(svc, s, caller.account_id)  # limits.tasks_per_account
-                task = enqueue(s, TASK_KIND, payload, account_id=caller.account_id, region=dest, image_id=copy.id)
+                task = enqueue(s, TASK_KIND, payload, account_id=caller.account_id, region=dest, image_id=copy.id,
+                               source_image_id=source.id)
                 copies.append(SyncedImage(copy.id, dest, task.id))
     except DryRunPassed:
         return []

@@ -41,11 +41,11 @@ _READ_THREADS = 4
 _PROGRESS_INTERVAL = 0.25
 
 
-def _verified_chunks(manifest: DiskManifest, store: ChunkStore) -> Iterator[tuple[int, bytes | None]]:
+def _verified_chunks(manifest: DiskManifest, store: ChunkStore) -> Iterator[tuple[int, bytes | memoryview | None]]:
     """(index, bytes or None for a zero chunk) in order, reading a few chunks ahead in threads."""
     threads = max(_READ_THREADS, store.concurrency)
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="export") as pool:
-        pending: deque[tuple[int, Future[bytes] | None]] = deque()
+        pending: deque[tuple[int, Future[bytes | memoryview] | None]] = deque()
         try:
             for index, digest in enumerate(manifest.chunks):
                 pending.append((index, pool.submit(store.get, digest) if digest is not None else None))
@@ -61,7 +61,7 @@ def _verified_chunks(manifest: DiskManifest, store: ChunkStore) -> Iterator[tupl
                     fut.cancel()
 
 
-def iter_raw(manifest: DiskManifest, store: ChunkStore) -> Iterator[bytes]:
+def iter_raw(manifest: DiskManifest, store: ChunkStore) -> Iterator[bytes | memoryview]:
     """The disk as raw bytes, one block per chunk (the last may be short); zeros for zero chunks."""
     zeros = bytes(manifest.chunk_size)
     for index, data in _verified_chunks(manifest, store):

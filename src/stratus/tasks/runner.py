@@ -176,11 +176,14 @@ def enqueue(
     region: str | None = None,
     image_id: str | None = None,
     host: str | None = None,
+    instance_id: str | None = None,
+    source_image_id: str | None = None,
 ) -> Task:
     """Add a task inside the caller's transaction, so it exists iff the caller's change commits. A task
-    bound to a `host` is claimed only by that compute host's workers (an instance's tasks)."""
+    bound to a `host` is claimed only by that compute host's workers (an instance's tasks). `instance_id`
+    and `source_image_id` are the task's subjects that other requests look it up by (the mutexes)."""
     task = Task(kind=kind, payload=json.dumps(payload), account_id=account_id, region=region, image_id=image_id,
-                host=host)
+                host=host, instance_id=instance_id, source_image_id=source_image_id)
     session.add(task)
     session.flush()
     return task

@@ -24,6 +24,7 @@ from stratus.api.cvm import envelope
 from stratus.api.cvm.auth import authenticate
 from stratus.api.cvm.endpoint import read_body
 from stratus.api.cvm.params import ActionSchema, parse_int64, parse_json, validate
+from stratus.api.data.aligned import aligned_body
 from stratus.domain import chunkframes, errors
 from stratus.service import chunked, downloads, uploads
 from stratus.service.context import Services
@@ -235,14 +236,16 @@ def routes(svc: Services) -> list[Route]:
         try:
             # Unsigned payload, like a PUT of file bytes: every chunk is verified against its digest instead.
             caller = await run_in_threadpool(authenticate, svc, request, b"")
-            body = await read_body(request, chunked.MAX_BATCH_BYTES)
-            digest = request.path_params.get("digest")
-            records = [(digest, memoryview(body))] if digest else chunked.parse_chunks(body)
-            await run_in_threadpool(chunked.put_chunks, svc, caller, request.path_params["upload_id"], records)
+            async with aligned_body(request, chunked.MAX_BATCH_BYTES) as body:
+                digest = request.path_params.get("digest")
+                records = [(digest, body)] if digest else chunked.parse_chunks(body)
+                await run_in_threadpool(chunked.put_chunks, svc, caller, request.path_params["upload_id"], records)
+                received = len(records)
+                del records  # views of the buffer, which goes back to the pool
         except Exception as exc:
             return _error(exc, rid)
         # Not whether the store already had them: that would tell this account about another's data.
-        return _ok(rid, {"Received": len(records)})
+        return _ok(rid, {"Received": received})
 
     async def image_manifest(request: Request) -> Response:
         rid = str(uuid.uuid4())
@@ -275,8 +278,10 @@ def routes(svc: Services) -> list[Route]:
             return _error(exc, rid)
         if digest:
             return Response(datas[0], media_type="application/octet-stream")
+        # A length, not chunked transfer coding: the client reads the batch straight into its buffer.
+        size = chunkframes.body_size(len(d) for d in datas)
         return StreamingResponse(chunkframes.encode(zip(digests, datas, strict=True)),
-                                 media_type="application/octet-stream")
+                                 media_type="application/octet-stream", headers={"Content-Length": str(size)})
 
     return [
         Route("/uploads", create, methods=["POST"]),
