@@ -1,6 +1,7 @@
 """The client of the data API (`/uploads`, `/buckets/...`), in one place for both transfer paths (the
 whole file, cli/wholefile.py; chunks, cli/chunked.py): the HTTP client for an Endpoint, requests signed as its
-key, an error response in the user's words, and the bar that counts bytes."""
+key, an error response in the user's words, and the bar that counts bytes. Only the chunk batches themselves
+go another way, over cli/bulk.py's connections (their refusals still read through error_message)."""
 
 from __future__ import annotations
 
