@@ -525,7 +525,7 @@ def run_http(work: Path, src: Path, size: int, vsize: int, t_conv: float) -> Non
         os.environ.update({k: env[k] for k in ("TENCENTCLOUD_SECRET_ID", "TENCENTCLOUD_SECRET_KEY",
                                                "STRATUS_ENDPOINT", "XDG_CACHE_HOME", "NO_PROXY")})
         from stratus.cli.common import Endpoint
-        from stratus.cli.image_cmd import upload_file
+        from stratus.cli.wholefile import upload_file
 
         ep = Endpoint(server.url, "ap-guangzhou")
         emit("| Data API | Best of 3 | Rate | × convert |")

@@ -125,7 +125,7 @@ def test_cli_upload_resumes(server: Server, alice: Account, tmp_path: Path) -> N
     import httpx
 
     from stratus.cli.common import Endpoint
-    from stratus.cli.image_cmd import upload_file
+    from stratus.cli.wholefile import upload_file
 
     src = hostile.make_test_disk(tmp_path, "qcow2", 8 * MiB, seed=9)
     os.environ.update(alice.env())
@@ -145,11 +145,11 @@ def test_cli_upload_resumes(server: Server, alice: Account, tmp_path: Path) -> N
     r = httpx.put(f"{server.url}/uploads/{upload_id}?offset=0", content=b"x", headers=h)
     assert r.status_code == 409 and str(len(half)) in r.json()["Response"]["Error"]["Message"]
     # The CLI's state file knows this upload: pretend the CLI started it.
-    from stratus.cli.image_cmd import _load_state, _save_state, _upload_key
+    from stratus.cli.wholefile import load_state, save_state, upload_key
 
-    state = _load_state()
-    state[_upload_key(ep, src)] = upload_id
-    _save_state(state)
+    state = load_state()
+    state[upload_key(ep, src)] = upload_id
+    save_state(state)
     assert upload_file(ep, src) == upload_id
     image_id = server.client(alice).ImportImage(import_request("resumed", f"upload://{upload_id}")).ImageId
     image = wait_image(server, alice, image_id)

@@ -29,11 +29,13 @@ from pathlib import Path
 
 import blake3
 import httpx
-from rich.progress import Progress
 
 from stratus.cli import bulk
 from stratus.cli.bulk import BulkConnection
 from stratus.cli.common import EXIT_FAILED, EXIT_REFUSED, Endpoint, console, die
+from stratus.cli.dataclient import bytes_progress as _progress
+from stratus.cli.dataclient import error_message as _error
+from stratus.cli.dataclient import http_client
 from stratus.domain import chunkframes
 from stratus.domain.manifest import DiskManifest, chunk_count
 
@@ -65,13 +67,7 @@ class Transfer:
 
 
 def _client(ep: Endpoint) -> httpx.Client:
-    return httpx.Client(base_url=ep.url, timeout=httpx.Timeout(120.0, connect=10.0))
-
-
-def _error(resp: httpx.Response) -> str:
-    from stratus.cli.image_cmd import _data_error
-
-    return _data_error(resp)
+    return http_client(ep, timeout=120.0)
 
 
 # --------------------------------------------------------------------------- reading a disk
@@ -377,12 +373,6 @@ def _send(ep: Endpoint, raw: Path, upload_id: str, manifest: DiskManifest, neede
             _parallel(list(_batches([(d, lengths[d]) for d, _ in needed], BATCH_BYTES)), work, ep)
     finally:
         os.close(fd)
-
-
-def _progress() -> Progress:
-    from stratus.cli.image_cmd import _bytes_progress
-
-    return _bytes_progress()
 
 
 # --------------------------------------------------------------------------- export

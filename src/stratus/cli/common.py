@@ -126,6 +126,15 @@ class Endpoint:
                               self.region, profile=self._profile())
         return client.call_json(action, params)["Response"]
 
+    def describe_all(self, action: str, items: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Every item a Describe* action lists (``items``: ImageSet, InstanceSet), 100 a page."""
+        found: list[dict[str, Any]] = []
+        while True:
+            resp = self.call(action, {**(params or {}), "Limit": 100, "Offset": len(found)})
+            found += resp[items]
+            if len(found) >= resp["TotalCount"] or not resp[items]:
+                return found
+
     def request(self, action: str, params: dict[str, Any] | None = None) -> Any:
         """A standard action through the typed CvmClient; returns the response model."""
         from tencentcloud.cvm.v20170312 import models

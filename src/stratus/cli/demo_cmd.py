@@ -61,7 +61,9 @@ def demo(
 ) -> None:
     """Build a tiny bootable Linux image here and publish it as `stratus-tiny-linux` in every region (on the
     server machine, with the server running). Prints each region and its image id."""
-    from stratus.cli.image_cmd import follow_image, publish_image, upload_file
+    from stratus.cli.image.follow import follow_image
+    from stratus.cli.image.publish import publish_image
+    from stratus.cli.wholefile import upload_file
     from stratus.compute import tinyimage
     from stratus.service.accounts import AccountError, revoke_key
 

@@ -7,7 +7,7 @@ from typing import Any
 import typer
 from typer import core as typer_core
 
-from stratus.cli import account_cmd, demo_cmd, doctor_cmd, host_cmd, image_cmd, instance_cmd, serve_cmd, store_cmd
+from stratus.cli import account_cmd, demo_cmd, doctor_cmd, host_cmd, image, instance, serve_cmd, store_cmd
 from stratus.cli.common import EXIT_CODES
 from stratus.malloc import keep_freed_memory
 
@@ -51,9 +51,8 @@ app.command("serve")(serve_cmd.serve)
 app.command("worker")(serve_cmd.worker)
 app.add_typer(account_cmd.app, name="account")
 app.command("demo")(demo_cmd.demo)
-image_cmd.app.command("create")(instance_cmd.create_image)
-app.add_typer(image_cmd.app, name="image")
-app.add_typer(instance_cmd.app, name="instance")
+app.add_typer(image.app, name="image")
+app.add_typer(instance.app, name="instance")
 app.add_typer(host_cmd.app, name="host")
 app.command("fsck")(store_cmd.fsck)
 app.command("gc")(store_cmd.gc)
