@@ -145,11 +145,10 @@ def test_cli_upload_resumes(server: Server, alice: Account, tmp_path: Path) -> N
     r = httpx.put(f"{server.url}/uploads/{upload_id}?offset=0", content=b"x", headers=h)
     assert r.status_code == 409 and str(len(half)) in r.json()["Response"]["Error"]["Message"]
     # The CLI's state file knows this upload: pretend the CLI started it.
-    from stratus.cli.wholefile import load_state, save_state, upload_key
+    from stratus.cli.resume import Unfinished
+    from stratus.cli.wholefile import UNFINISHED
 
-    state = load_state()
-    state[upload_key(ep, src)] = upload_id
-    save_state(state)
+    UNFINISHED.remember(Unfinished.key(ep, src), upload_id)
     assert upload_file(ep, src) == upload_id
     image_id = server.client(alice).ImportImage(import_request("resumed", f"upload://{upload_id}")).ImageId
     image = wait_image(server, alice, image_id)

@@ -14,7 +14,6 @@ import ctypes
 import ctypes.util
 import errno
 import functools
-import hashlib
 import json
 import os
 import shutil
@@ -33,9 +32,8 @@ import httpx
 from stratus.cli import bulk
 from stratus.cli.bulk import BulkConnection
 from stratus.cli.common import EXIT_FAILED, EXIT_REFUSED, Endpoint, console, die
-from stratus.cli.dataclient import bytes_progress as _progress
-from stratus.cli.dataclient import error_message as _error
-from stratus.cli.dataclient import http_client
+from stratus.cli.dataclient import bytes_progress, error_message, http_client, refused, signed_get, signed_post
+from stratus.cli.resume import Unfinished
 from stratus.domain import chunkframes
 from stratus.domain.manifest import DiskManifest, chunk_count
 
@@ -217,7 +215,7 @@ def _parallel(batches: list[list[tuple[str, int]]], work: Callable[[BulkConnecti
                 work(local.conn, local.buf, batch)
                 return
             except bulk.Refused as exc:
-                die(f"the server refused a batch: {_error(exc.response)}", EXIT_REFUSED)
+                die(f"the server refused a batch: {error_message(exc.response)}", EXIT_REFUSED)
             except bulk.TransportError as exc:
                 if attempt == 3:
                     die(f"transfer interrupted ({exc}); run the same command again to resume", EXIT_FAILED)
@@ -234,32 +232,7 @@ def _parallel(batches: list[list[tuple[str, int]]], work: Callable[[BulkConnecti
 # --------------------------------------------------------------------------- import
 
 
-def _state_file() -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "stratus" / "chunked-uploads.json"
-
-
-def _remember(key: str, upload_id: str | None) -> None:
-    f = _state_file()
-    try:
-        state = json.loads(f.read_text())
-    except (OSError, ValueError):
-        state = {}
-    if upload_id is None:
-        state.pop(key, None)
-    else:
-        state[key] = upload_id
-    f.parent.mkdir(parents=True, exist_ok=True)
-    tmp = f.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state))
-    tmp.replace(f)
-
-
-def _recalled(key: str) -> str | None:
-    try:
-        return json.loads(_state_file().read_text()).get(key)
-    except (OSError, ValueError):
-        return None
+UNFINISHED = Unfinished("chunked-uploads.json")
 
 
 def _post_manifest(client: httpx.Client, ep: Endpoint, upload_id: str, body: bytes) -> httpx.Response:
@@ -270,9 +243,9 @@ def _post_manifest(client: httpx.Client, ep: Endpoint, upload_id: str, body: byt
 
 def _create_upload(client: httpx.Client, ep: Endpoint, name: str, size: int) -> dict[str, object]:
     body = json.dumps({"Size": size, "Name": name, "Format": "RAW"}).encode()
-    r = client.post("/uploads", content=body, headers=ep.signed_headers("POST", "/uploads", body=body))
+    r = signed_post(client, ep, "/uploads", body)
     if r.status_code != 200:
-        die(f"upload refused: {_error(r)}", EXIT_REFUSED)
+        refused("upload", r)
     return r.json()["Response"]
 
 
@@ -288,17 +261,15 @@ def import_chunked(ep: Endpoint, path: Path, declared: str | None) -> tuple[str,
                     "the disk itself (e.g. the .qcow2 or .raw file)", EXIT_FAILED)
             die(f"a raw disk is whole 512-byte sectors but {path.name} has {size} bytes; pad it with "
                 f"`truncate -s %512 {path.name}`", EXIT_FAILED)
-        st = path.stat()
-        key = hashlib.sha256(f"{ep.url}|{ep.secret_id}|{ep.region}|{path.resolve()}|{st.st_size}|"
-                             f"{st.st_mtime_ns}".encode()).hexdigest()
-        info = _recalled_upload(client, ep, _recalled(key))
+        key = Unfinished.key(ep, path, ep.region)
+        info = _recalled_upload(client, ep, UNFINISHED.recall(key))
         if info is None:
             info = _create_upload(client, ep, path.name, size)
-            _remember(key, str(info["UploadId"]))
+            UNFINISHED.remember(key, str(info["UploadId"]))
         upload_id, chunk_size = str(info["UploadId"]), int(info.get("ChunkSize") or 0)  # type: ignore[call-overload]
         if not chunk_size:
             die("this server does not take chunked uploads; import with --whole-file", EXIT_REFUSED)
-        with stats.phase("hash"), _progress() as progress:
+        with stats.phase("hash"), bytes_progress() as progress:
             bar = progress.add_task(f"hash {path.name}", total=size)
             digests = hash_chunks(raw, size, chunk_size, lambda n: progress.advance(bar, n))
         manifest = DiskManifest(size, chunk_size, digests)
@@ -308,10 +279,10 @@ def import_chunked(ep: Endpoint, path: Path, declared: str | None) -> tuple[str,
         r = _post_manifest(client, ep, upload_id, body)
         if r.status_code == 409:  # the remembered upload holds another manifest (the file changed in place)
             upload_id = str(_create_upload(client, ep, path.name, size)["UploadId"])
-            _remember(key, upload_id)
+            UNFINISHED.remember(key, upload_id)
             r = _post_manifest(client, ep, upload_id, body)
         if r.status_code != 200:
-            die(f"upload refused: {_error(r)}", EXIT_REFUSED)
+            refused("upload", r)
         where = {d: i for i, d in reversed(list(enumerate(digests))) if d is not None}
         for _round in range(3):
             needed = r.json()["Response"]["Needed"]
@@ -321,11 +292,11 @@ def import_chunked(ep: Endpoint, path: Path, declared: str | None) -> tuple[str,
                 _send(ep, raw, upload_id, manifest, [(d, where[d]) for d in needed], stats, path.name)
             r = _post_manifest(client, ep, upload_id, body)
             if r.status_code != 200:
-                die(f"upload refused: {_error(r)}", EXIT_REFUSED)
+                refused("upload", r)
         else:
             die(f"the server still needs {len(r.json()['Response']['Needed'])} chunks; run the command again",
                 EXIT_FAILED)
-    _remember(key, None)
+    UNFINISHED.remember(key, None)
     return upload_id, stats
 
 
@@ -333,7 +304,7 @@ def _recalled_upload(client: httpx.Client, ep: Endpoint, upload_id: str | None) 
     """The upload an interrupted run of this command created, if the server still has it unfinished."""
     if upload_id is None:
         return None
-    r = client.get(f"/uploads/{upload_id}", headers=ep.signed_headers("GET", f"/uploads/{upload_id}"))
+    r = signed_get(client, ep, f"/uploads/{upload_id}")
     if r.status_code != 200 or r.json()["Response"]["State"] != "UPLOADING":
         return None
     console.print(f"resuming upload {upload_id}")
@@ -348,7 +319,7 @@ def _send(ep: Endpoint, raw: Path, upload_id: str, manifest: DiskManifest, neede
     fd = os.open(raw, os.O_RDONLY)
     lock = threading.Lock()
     try:
-        with _progress() as progress:
+        with bytes_progress() as progress:
             bar = progress.add_task(f"send {label}", total=sum(lengths.values()))
 
             def work(conn: BulkConnection, buf: memoryview, batch: list[tuple[str, int]]) -> None:
@@ -446,9 +417,9 @@ def export_chunked(ep: Endpoint, image_id: str, output: Path, fmt: str, base: Pa
     stats = Transfer()
     with _client(ep) as client:
         path = f"/images/{image_id}/disks/0/manifest"
-        r = client.get(path, headers=ep.signed_headers("GET", path))
+        r = signed_get(client, ep, path)
         if r.status_code != 200:
-            die(f"export refused: {_error(r)}", EXIT_REFUSED)
+            refused("export", r)
         manifest = DiskManifest.decode(r.content)
     size, chunk_size = manifest.virtual_size, manifest.chunk_size
     stats.chunks, stats.data_bytes = manifest.stored_chunks, manifest.data_bytes
@@ -459,7 +430,7 @@ def export_chunked(ep: Endpoint, image_id: str, output: Path, fmt: str, base: Pa
         console.print(f"resuming {part.name}")
     from_base: dict[str, int] = {}
     if base is not None:
-        with stats.phase("hash base"), _progress() as progress:
+        with stats.phase("hash base"), bytes_progress() as progress:
             bar = progress.add_task(f"hash {base.name}", total=base.stat().st_size)
             base_digests = hash_chunks(base, base.stat().st_size, chunk_size, lambda n: progress.advance(bar, n))
         if fmt == "raw" and not have and output.exists() and os.path.samefile(base, output):
@@ -528,7 +499,7 @@ def _fetch(ep: Endpoint, image_id: str, manifest: DiskManifest, out: _Output, fe
     lengths = {d: manifest.chunk_range(ix[0])[1] for d, ix in fetch.items()}
     path = f"/images/{image_id}/chunks"
     lock = threading.Lock()
-    with _progress() as progress:
+    with bytes_progress() as progress:
         bar = progress.add_task(f"fetch {label}", total=sum(lengths.values()))
 
         def work(conn: BulkConnection, buf: memoryview, batch: list[tuple[str, int]]) -> None:

@@ -4,7 +4,6 @@ as a sparse file. The chunked path, the default, is cli/chunked.py; both talk th
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -15,36 +14,9 @@ import httpx
 
 from stratus.cli.common import EXIT_FAILED, Endpoint, console, die
 from stratus.cli.dataclient import BLOCK, bytes_progress, http_client, refused, signed_get, signed_post
+from stratus.cli.resume import Unfinished
 
-# --------------------------------------------------------------------------- which uploads this machine started
-
-
-def state_file() -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "stratus" / "uploads.json"
-
-
-def upload_key(ep: Endpoint, path: Path) -> str:
-    """The state file's key for an upload of ``path`` as this key to this server: a changed file is a new one."""
-    st = path.stat()
-    ident = f"{ep.url}|{ep.secret_id}|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-    return hashlib.sha256(ident.encode()).hexdigest()
-
-
-def load_state() -> dict[str, str]:
-    """Upload ids by upload_key, of the uploads this machine started and has not finished."""
-    try:
-        return json.loads(state_file().read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def save_state(state: dict[str, str]) -> None:
-    f = state_file()
-    f.parent.mkdir(parents=True, exist_ok=True)
-    tmp = f.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state))
-    tmp.replace(f)
+UNFINISHED = Unfinished("uploads.json")
 
 
 # --------------------------------------------------------------------------- upload
@@ -53,10 +25,9 @@ def save_state(state: dict[str, str]) -> None:
 def upload_file(ep: Endpoint, path: Path, declared_format: str | None = None) -> str:
     """Upload (or resume uploading) a file; returns its upload id."""
     size = path.stat().st_size
-    key = upload_key(ep, path)
-    state = load_state()
+    key = Unfinished.key(ep, path)
     with http_client(ep) as client:
-        upload_id = state.get(key)
+        upload_id = UNFINISHED.recall(key)
         received = 0
         if upload_id:
             r = signed_get(client, ep, f"/uploads/{upload_id}")
@@ -75,11 +46,9 @@ def upload_file(ep: Endpoint, path: Path, declared_format: str | None = None) ->
             if r.status_code != 200:
                 refused("upload", r)
             upload_id = r.json()["Response"]["UploadId"]
-            state[key] = upload_id
-            save_state(state)
+            UNFINISHED.remember(key, upload_id)
         _send(client, ep, path, upload_id, size, received)
-    state.pop(key, None)
-    save_state(state)
+    UNFINISHED.remember(key, None)
     return upload_id
 
 
