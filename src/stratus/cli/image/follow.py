@@ -26,6 +26,7 @@ def follow_image(ep: Endpoint, image_id: str, busy: str) -> dict[str, Any]:
     """Poll an image with a progress bar until it leaves its busy state."""
     with percent_progress() as progress:
         bar = progress.add_task(f"{busy.lower()} {image_id}", total=100)
+        delay = 0.05  # a small import ends in a fraction of a second: look soon, then back off to 0.3 s
         while True:
             image = describe_image(ep, image_id)
             if image is None:
@@ -35,7 +36,8 @@ def follow_image(ep: Endpoint, image_id: str, busy: str) -> dict[str, Any]:
                 if image["ImageState"] == "NORMAL":
                     progress.update(bar, completed=100)
                 return image
-            time.sleep(0.3)
+            time.sleep(delay)
+            delay = min(0.3, delay * 1.5)
 
 
 def follow_copies(ep: Endpoint, image_id: str, copies: list[dict[str, Any]]) -> list[dict[str, Any]]:
