@@ -6,14 +6,15 @@ import json
 import os
 import sys
 from collections.abc import Iterable, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import httpx
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from stratus.config import ConfigError, Settings, load_settings
+if TYPE_CHECKING:  # the config's models (pydantic) load only for the admin verbs that read a config
+    from stratus.config import Settings
 
 console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
@@ -43,6 +44,8 @@ InitOpt = typer.Option(False, "--init", help="Create the catalog if the data dir
 
 def settings(data_dir: str | None, config: str | None) -> Settings:
     """The validated settings, or one line naming the file and the key, and exit 2 (no traceback)."""
+    from stratus.config import ConfigError, load_settings
+
     try:
         return load_settings(data_dir=data_dir, config_file=config)
     except ConfigError as exc:

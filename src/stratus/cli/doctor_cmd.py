@@ -18,14 +18,16 @@ import subprocess
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import typer
 from rich.markup import escape
 
 from stratus.cli.common import ConfigOpt, DataDirOpt, JsonOpt, out, print_json
-from stratus.config import Region, Settings
 from stratus.domain.units import human_bytes
+
+if TYPE_CHECKING:
+    from stratus.config import Region, Settings
 
 Status = Literal["ok", "warn", "fail"]
 

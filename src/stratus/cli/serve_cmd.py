@@ -6,11 +6,14 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from stratus.cli.common import EXIT_FAILED, ConfigOpt, DataDirOpt, catalog_label, console, die, settings
-from stratus.config import Settings
+
+if TYPE_CHECKING:
+    from stratus.config import Settings
 
 LogLevelOpt = typer.Option("info", "--log-level", help="debug, info, warning or error.")
 LogFormatOpt = typer.Option(None, "--log-format", help="json (one object per line) or text; default json "
