@@ -59,6 +59,10 @@ def test_uploads_to_a_server_that_is_not_there_exit_5_too(tmp_path: Path) -> Non
         "STRATUS_ENDPOINT": f"http://127.0.0.1:{port}", "TENCENTCLOUD_SECRET_ID": "AKIDx",
         "TENCENTCLOUD_SECRET_KEY": "k", "XDG_CACHE_HOME": str(tmp_path)})
     assert res.returncode == 5 and "cannot reach" in res.stderr, res.stderr
+    res = stratus("image", "export", "img-12345678", "-o", str(tmp_path / "out.raw"), env={
+        "STRATUS_ENDPOINT": f"http://127.0.0.1:{port}", "TENCENTCLOUD_SECRET_ID": "AKIDx",
+        "TENCENTCLOUD_SECRET_KEY": "k", "XDG_CACHE_HOME": str(tmp_path)})
+    assert res.returncode == 5 and "cannot reach" in res.stderr, res.stderr
 
 
 def test_missing_credentials_say_how_to_get_them() -> None:

@@ -9,11 +9,12 @@ socket's copy is the only one, and the chunks in the buffer are aligned for an O
 from __future__ import annotations
 
 import http.client
+import json
 import mmap
 import socket
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
-
-import httpx
 
 _SOCKET_BUFFER = 4 * 1024 * 1024  # a batch in flight per connection: larger socket buffers, fewer wake-ups
 
@@ -22,10 +23,25 @@ class TransportError(Exception):
     """The connection failed mid-request (reset, refused, timed out): the batch may be sent again."""
 
 
+@dataclass(frozen=True)
+class Answer:
+    """A whole small response (the fields cli/dataclient.error_message reads, as httpx names them)."""
+
+    status_code: int
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
 class Refused(Exception):
     """The server answered with an error status; ``response`` holds it for the caller's message."""
 
-    def __init__(self, response: httpx.Response) -> None:
+    def __init__(self, response: Answer) -> None:
         super().__init__(f"HTTP {response.status_code}")
         self.response = response
 
@@ -58,7 +74,9 @@ class BulkConnection:
         (returns 0). Refused for an error status, TransportError if the connection fails."""
         try:
             self._connect()
-            self._conn.putrequest(method, path, skip_host=False, skip_accept_encoding=True)
+            # The signed headers carry Host (it is signed): http.client must not add a second one.
+            has_host = any(name.lower() == "host" for name in headers)
+            self._conn.putrequest(method, path, skip_host=has_host, skip_accept_encoding=True)
             for name, value in headers.items():
                 self._conn.putheader(name, value)
             self._conn.putheader("Content-Length", str(len(body)))
@@ -67,8 +85,7 @@ class BulkConnection:
                 self._conn.send(body)
             resp = self._conn.getresponse()
             if resp.status >= 300:
-                data = resp.read()
-                raise Refused(httpx.Response(resp.status, content=data, headers=dict(resp.getheaders())))
+                raise Refused(Answer(resp.status, resp.read()))
             if into is None:
                 resp.read()
                 return 0
@@ -87,5 +104,22 @@ class BulkConnection:
             self.close()
             raise TransportError(str(exc) or type(exc).__name__) from exc
 
+    def call(self, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> Answer:
+        """A small request whose whole answer, success or not, the caller reads (manifests, upload status)."""
+        try:
+            self._connect()
+            self._conn.request(method, path, body=body, headers=headers)
+            resp = self._conn.getresponse()
+            return Answer(resp.status, resp.read())
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
+            raise TransportError(str(exc) or type(exc).__name__) from exc
+
     def close(self) -> None:
         self._conn.close()
+
+    def __enter__(self) -> BulkConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

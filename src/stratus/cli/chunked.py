@@ -27,12 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import blake3
-import httpx
 
 from stratus.cli import bulk
-from stratus.cli.bulk import BulkConnection
+from stratus.cli.bulk import Answer, BulkConnection
 from stratus.cli.common import EXIT_FAILED, EXIT_REFUSED, Endpoint, console, die
-from stratus.cli.dataclient import bytes_progress, error_message, http_client, refused, signed_get, signed_post
+from stratus.cli.dataclient import bytes_progress, error_message, refused
 from stratus.cli.resume import Unfinished
 from stratus.domain import chunkframes
 from stratus.domain.manifest import DiskManifest, chunk_count
@@ -64,8 +63,13 @@ class Transfer:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
 
 
-def _client(ep: Endpoint) -> httpx.Client:
-    return http_client(ep, timeout=120.0)
+def _get(conn: BulkConnection, ep: Endpoint, path: str) -> Answer:
+    return conn.call("GET", path, ep.signed_headers("GET", path))
+
+
+def _post(conn: BulkConnection, ep: Endpoint, path: str, body: bytes, content_type: str = "application/json"
+          ) -> Answer:
+    return conn.call("POST", path, ep.signed_headers("POST", path, body=body, content_type=content_type), body)
 
 
 # --------------------------------------------------------------------------- reading a disk
@@ -235,15 +239,13 @@ def _parallel(batches: list[list[tuple[str, int]]], work: Callable[[BulkConnecti
 UNFINISHED = Unfinished("chunked-uploads.json")
 
 
-def _post_manifest(client: httpx.Client, ep: Endpoint, upload_id: str, body: bytes) -> httpx.Response:
-    path = f"/uploads/{upload_id}/manifest"
-    return client.post(path, content=body, headers=ep.signed_headers("POST", path, body=body,
-                                                                    content_type="application/octet-stream"))
+def _post_manifest(client: BulkConnection, ep: Endpoint, upload_id: str, body: bytes) -> Answer:
+    return _post(client, ep, f"/uploads/{upload_id}/manifest", body, "application/octet-stream")
 
 
-def _create_upload(client: httpx.Client, ep: Endpoint, name: str, size: int) -> dict[str, object]:
+def _create_upload(client: BulkConnection, ep: Endpoint, name: str, size: int) -> dict[str, object]:
     body = json.dumps({"Size": size, "Name": name, "Format": "RAW"}).encode()
-    r = signed_post(client, ep, "/uploads", body)
+    r = _post(client, ep, "/uploads", body)
     if r.status_code != 200:
         refused("upload", r)
     return r.json()["Response"]
@@ -253,7 +255,7 @@ def import_chunked(ep: Endpoint, path: Path, declared: str | None) -> tuple[str,
     """Send the disk in ``path`` as a chunked upload (resuming one this machine started); returns the
     upload id, complete, for ImportImage."""
     stats = Transfer()
-    with raw_disk(path, client_format(path, declared), stats) as raw, _client(ep) as client:
+    with raw_disk(path, client_format(path, declared), stats) as raw, BulkConnection(ep.url) as client:
         size = raw.stat().st_size
         if size % 512:
             if size < 1 << 20:
@@ -300,11 +302,11 @@ def import_chunked(ep: Endpoint, path: Path, declared: str | None) -> tuple[str,
     return upload_id, stats
 
 
-def _recalled_upload(client: httpx.Client, ep: Endpoint, upload_id: str | None) -> dict[str, object] | None:
+def _recalled_upload(client: BulkConnection, ep: Endpoint, upload_id: str | None) -> dict[str, object] | None:
     """The upload an interrupted run of this command created, if the server still has it unfinished."""
     if upload_id is None:
         return None
-    r = signed_get(client, ep, f"/uploads/{upload_id}")
+    r = _get(client, ep, f"/uploads/{upload_id}")
     if r.status_code != 200 or r.json()["Response"]["State"] != "UPLOADING":
         return None
     console.print(f"resuming upload {upload_id}")
@@ -415,9 +417,9 @@ def export_chunked(ep: Endpoint, image_id: str, output: Path, fmt: str, base: Pa
     """Write the image's system disk to ``output``: fetch only the chunks that neither an interrupted
     earlier run (``output``.part) nor ``base`` hold; convert locally unless ``fmt`` is raw."""
     stats = Transfer()
-    with _client(ep) as client:
+    with BulkConnection(ep.url) as client:
         path = f"/images/{image_id}/disks/0/manifest"
-        r = signed_get(client, ep, path)
+        r = _get(client, ep, path)
         if r.status_code != 200:
             refused("export", r)
         manifest = DiskManifest.decode(r.content)

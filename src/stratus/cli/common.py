@@ -8,7 +8,6 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
-import httpx
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -186,8 +185,14 @@ def sdk_errors(fn):
             hint = HINTS.get(exc.get_code() or "")
             die(f"{exc.get_code()}: {exc.get_message()}{f' ({hint})' if hint else ''} "
                 f"(RequestId {exc.get_request_id()})", EXIT_REFUSED)
-        except httpx.TransportError as exc:
-            if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+        except Exception as exc:
+            # httpx is loaded only by the verbs that use it: if it isn't, this can't be one of its errors.
+            httpx = sys.modules.get("httpx")
+            if httpx is not None and isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+                unreachable(kwargs.get("endpoint") or os.environ.get("STRATUS_ENDPOINT") or DEFAULT_ENDPOINT)
+            bulk = sys.modules.get("stratus.cli.bulk")
+            if bulk is not None and isinstance(exc, bulk.TransportError) and isinstance(exc.__cause__,
+                                                                                        ConnectionRefusedError):
                 unreachable(kwargs.get("endpoint") or os.environ.get("STRATUS_ENDPOINT") or DEFAULT_ENDPOINT)
             raise
 

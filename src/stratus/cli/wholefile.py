@@ -9,12 +9,14 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-
-import httpx
+from typing import TYPE_CHECKING
 
 from stratus.cli.common import EXIT_FAILED, Endpoint, console, die
 from stratus.cli.dataclient import BLOCK, bytes_progress, http_client, refused, signed_get, signed_post
 from stratus.cli.resume import Unfinished
+
+if TYPE_CHECKING:
+    import httpx
 
 UNFINISHED = Unfinished("uploads.json")
 
@@ -55,6 +57,8 @@ def upload_file(ep: Endpoint, path: Path, declared_format: str | None = None) ->
 def _send(client: httpx.Client, ep: Endpoint, path: Path, upload_id: str, size: int, received: int) -> None:
     """PUT the file from ``received`` on; after a dropped connection or a refused offset, go on from where the
     server says it is."""
+    import httpx
+
     with bytes_progress() as progress, path.open("rb") as f:
         bar = progress.add_task(f"upload {path.name}", total=size, completed=received)
         attempts = 0
