@@ -120,13 +120,10 @@ class Endpoint:
                                     self._profile())
 
     def call(self, action: str, params: dict[str, Any]) -> dict[str, Any]:
-        """Any action (our extensions too) through the SDK's CommonClient; returns Response."""
-        from tencentcloud.common import credential
-        from tencentcloud.common.common_client import CommonClient
+        """Any action (our extensions too); returns Response (cli/actions.py: signed like the SDK, without it)."""
+        from stratus.cli.actions import call_action
 
-        client = CommonClient("cvm", "2017-03-12", credential.Credential(self.secret_id, self.secret_key),
-                              self.region, profile=self._profile())
-        return client.call_json(action, params)["Response"]
+        return call_action(self, action, params)
 
     def describe_all(self, action: str, items: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Every item a Describe* action lists (``items``: ImageSet, InstanceSet), 100 a page."""
@@ -175,16 +172,19 @@ def sdk_errors(fn):
 
     from tencentcloud.common.exception.tencent_cloud_sdk_exception import TencentCloudSDKException
 
+    from stratus.cli.actions import ActionError
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except TencentCloudSDKException as exc:
-            if exc.get_code() == "ClientNetworkError":
+        except (TencentCloudSDKException, ActionError) as exc:
+            code, message, request_id = ((exc.code, exc.message, exc.request_id) if isinstance(exc, ActionError)
+                                         else (exc.get_code(), exc.get_message(), exc.get_request_id()))
+            if code == "ClientNetworkError":
                 unreachable(kwargs.get("endpoint") or os.environ.get("STRATUS_ENDPOINT") or DEFAULT_ENDPOINT)
-            hint = HINTS.get(exc.get_code() or "")
-            die(f"{exc.get_code()}: {exc.get_message()}{f' ({hint})' if hint else ''} "
-                f"(RequestId {exc.get_request_id()})", EXIT_REFUSED)
+            hint = HINTS.get(code or "")
+            die(f"{code}: {message}{f' ({hint})' if hint else ''} (RequestId {request_id})", EXIT_REFUSED)
         except Exception as exc:
             # httpx is loaded only by the verbs that use it: if it isn't, this can't be one of its errors.
             httpx = sys.modules.get("httpx")

@@ -66,7 +66,7 @@ def import_(
         params["ImageDescription"] = description
     if family:
         params["ImageFamily"] = family
-    image_id = ep.request("ImportImage", params).ImageId
+    image_id = ep.call("ImportImage", params)["ImageId"]
     console.print(f"importing {image_id}")
     if no_wait:
         out.print(image_id)
