@@ -149,8 +149,8 @@ def publish_image(call: Call) -> dict[str, Any]:
 
 
 ACTIONS: dict[str, Action] = {
-    "DescribeRegions": Action(ActionSchema(), describe_regions, needs_region=False),
-    "DescribeZones": Action(ActionSchema(), describe_zones),
+    "DescribeRegions": Action(ActionSchema(), describe_regions, needs_region=False, on_loop=True),
+    "DescribeZones": Action(ActionSchema(), describe_zones, on_loop=True),
     "DescribeImages": Action(
         ActionSchema({"ImageIds": [str], "Filters": FILTERS, "Offset": int, "Limit": int, "InstanceType": str},
                      nested_required=frozenset({"Filters.Name", "Filters.Values"})),

@@ -27,3 +27,6 @@ class Action:
     schema: ActionSchema
     handler: Handler
     needs_region: bool = True
+    # Answers from the configuration alone: the endpoint may run it on the event loop, without the hop to
+    # a worker thread (most of such a request's time), when the only catalog read, the key, is SQLite's.
+    on_loop: bool = False
