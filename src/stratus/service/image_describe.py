@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     and_,
+    any_,
     bindparam,
     false,
     func,
@@ -205,13 +206,14 @@ def _kind_selects(kinds: list[ImageType], conditions: list[Filter], sqlite: bool
         tag = conditions[0] if conditions else None  # only image-type, or one tag filter: index ranges, counters
         out = []
         for kind in kinds:
-            rows = _kind_rows(kind, tag)
+            rows = _kind_rows(kind, tag, sqlite)
             out.append((rows, _kind_count(kind, tag, rows)))
         return out
     where = [_filter_sql(i, c, sqlite) for i, c in enumerate(conditions)]
+    substring = any(c.name in ("image-name", "platform") for c in conditions)
     out = []
     for kind in kinds:
-        source, kind_of = _kind_source(kind)
+        source, kind_of = _kind_source(kind, sqlite, substring)
         rows = select(Image.created_at, Image.id).select_from(source).where(kind_of, *where)
         out.append((rows, select(func.count()).select_from(source).where(kind_of, *where).scalar_subquery()))
     return out
@@ -234,14 +236,14 @@ def _page_statement(kinds: list[ImageType], conditions: list[Filter], sqlite: bo
             .limit(bindparam("limit")).offset(bindparam("offset")))
 
 
-def _kind_rows(kind: ImageType, tag: Filter | None) -> Any:
+def _kind_rows(kind: ImageType, tag: Filter | None, sqlite: bool) -> Any:
     """(created_at, id) of the caller's images of one kind, with the one tag filter if any, from the kind
     copied onto image_tags and image_shares (migration 0013): one index range each, in page order."""
     region: Any = bindparam("region")
     me: Any = bindparam("me")
     if tag is None:
         if kind is not ImageType.SHARED:
-            return select(Image.created_at, Image.id).where(_kind_source(kind)[1])
+            return select(Image.created_at, Image.id).where(_kind_source(kind, sqlite)[1])
         sh = ImageShare
         return select(sh.image_created_at, sh.image_id).where(
             sh.account_id == me, sh.image_region == region, sh.image_public == false(), sh.image_owner_id != me)
@@ -252,6 +254,8 @@ def _kind_rows(kind: ImageType, tag: Filter | None) -> Any:
     elif kind is ImageType.PRIVATE:
         rows = select(t.image_created_at, t.image_id).where(
             match, t.image_region == region, t.image_public == false(), t.image_owner_id == me)
+    elif not sqlite:  # as in _kind_source: the grants as one array, each looked up by the tag's key
+        rows = select(t.image_created_at, t.image_id).where(match, t.image_id == _granted_ids())
     else:
         sh = ImageShare
         rows = (select(t.image_created_at, t.image_id).join_from(sh, t, t.image_id == sh.image_id)
@@ -297,7 +301,7 @@ def _image_views(conn: Connection, image_ids: list[str]) -> dict[str, SimpleName
     return views
 
 
-def _kind_source(kind: ImageType) -> tuple[Any, Any]:
+def _kind_source(kind: ImageType, sqlite: bool, substring: bool = False) -> tuple[Any, Any]:
     """(FROM, WHERE) of the caller's (`me`) images of one kind in the region (the three kinds are disjoint)."""
     region: Any = bindparam("region")
     me: Any = bindparam("me")
@@ -311,9 +315,23 @@ def _kind_source(kind: ImageType) -> tuple[Any, Any]:
     # (ix_image_shares_account_kind, the image's kind copied onto them), each image looked up by id, or the
     # images of an ImageIds/image-id filter, each grant looked up by its key. (`id IN (grants)` built the
     # list of every grant first, 2 ms for 2,800 of them even when one image was asked for.)
+    # PostgreSQL hash-joins it with a scan of every image instead; there the ids come as one array, each
+    # looked up in ix_images_id_cover (3-8x faster at 2,300 grants), unless a substring filter can start
+    # from its trigram index (the join: 1.5 ms instead of 36 for an exact name, under load).
+    if not sqlite and not substring:
+        return Image, Image.id == _granted_ids()
     sh = ImageShare
     return (sh.__table__.join(Image.__table__, Image.id == sh.image_id),
             and_(sh.account_id == me, sh.image_region == region, sh.image_public == false(), sh.image_owner_id != me))
+
+
+def _granted_ids() -> Any:
+    """`= ANY(ARRAY(the ids of the images shared with the caller in the region))`, for PostgreSQL."""
+    sh = ImageShare
+    me: Any = bindparam("me")
+    grants = select(sh.image_id).where(sh.account_id == me, sh.image_region == bindparam("region"),
+                                       sh.image_public == false(), sh.image_owner_id != me)
+    return any_(func.array(grants.scalar_subquery()))
 
 
 INSTANCE_TYPE_RE = re.compile(r"^[A-Z][A-Z0-9]*\.[A-Z0-9]+$")
