@@ -171,3 +171,10 @@ def test_0013_backfills_and_downgrades(tmp_path: Path, db_url: str) -> None:
             assert "image_counts" not in sa.inspect(conn).get_table_names()
     finally:
         db.dispose()
+
+
+def test_an_empty_list_of_image_ids_matches_nothing(svc: Services) -> None:
+    with svc.db.write() as s:
+        s.execute(insert(Image), [_image("img-empty001", ACCOUNTS[0], REGIONS[0], True, 1.0)])
+    page = describe_images(svc, Caller(ACCOUNTS[0]), REGIONS[0], image_ids=[])
+    assert page.total == 0 and page.images == []

@@ -86,6 +86,8 @@ _EQUALITY = {"image-id": Image.id, "image-state": Image.state, "image-family": I
 def _filter_sql(i: int, f: Filter, sqlite: bool) -> Any:
     """The WHERE clause of the i-th condition, its values bound as `f<i>_<j>` (see _params)."""
     values: list[Any] = [bindparam(f"f{i}_{j}") for j in range(len(f.values))]
+    if not values:  # ImageIds: []: nothing (an empty IN would be rendered per call, not once per shape)
+        return false()
     if f.name in _EQUALITY:
         return _EQUALITY[f.name].in_(values)
     if f.name in ("image-name", "platform"):

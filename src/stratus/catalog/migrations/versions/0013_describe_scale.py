@@ -65,18 +65,12 @@ SQLITE_TRIGGERS = {
             UPDATE image_shares SET image_region = NEW.region, image_owner_id = NEW.owner_id,
                 image_public = NEW.is_public, image_created_at = NEW.created_at WHERE image_id = NEW.id;
         END""",
-    "trg_image_tags_kind": """
-        CREATE TRIGGER trg_image_tags_kind AFTER INSERT ON image_tags BEGIN
-            UPDATE image_tags SET (image_region, image_owner_id, image_public, image_created_at) =
+    **{f"trg_{table}_kind": f"""
+        CREATE TRIGGER trg_{table}_kind AFTER INSERT ON {table} BEGIN
+            UPDATE {table} SET (image_region, image_owner_id, image_public, image_created_at) =
                 (SELECT region, owner_id, is_public, created_at FROM images WHERE id = NEW.image_id)
-            WHERE image_id = NEW.image_id AND key = NEW.key;
-        END""",
-    "trg_image_shares_kind": """
-        CREATE TRIGGER trg_image_shares_kind AFTER INSERT ON image_shares BEGIN
-            UPDATE image_shares SET (image_region, image_owner_id, image_public, image_created_at) =
-                (SELECT region, owner_id, is_public, created_at FROM images WHERE id = NEW.image_id)
-            WHERE image_id = NEW.image_id AND account_id = NEW.account_id;
-        END""",
+            WHERE image_id = NEW.image_id AND {key} = NEW.{key};
+        END""" for table, key in (("image_tags", "key"), ("image_shares", "account_id"))},
 }
 
 PG_FUNCTIONS = {
