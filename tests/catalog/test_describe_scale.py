@@ -52,6 +52,16 @@ def _assert_exact(db: Database) -> None:
             assert stale == 0, table
 
 
+def _run_at_once(target: Any, args: Any, errors: list[BaseException]) -> None:
+    """One thread per argument, all at once; the errors they collected fail the test."""
+    threads = [threading.Thread(target=target, args=(a,)) for a in args]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+
+
 @pytest.fixture()
 def svc(db_url: str, tmp_path: Path) -> Any:
     assert db_url  # on both databases
@@ -107,12 +117,7 @@ def test_counters_and_kinds_stay_exact_under_concurrent_writes(svc: Services) ->
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
             errors.append(exc)
 
-    threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    _run_at_once(writer, range(4), errors)
     _assert_exact(svc.db)
     with svc.db.read_connection() as conn:
         assert conn.scalar(text("SELECT count(*) FROM images")) > 20
@@ -178,3 +183,26 @@ def test_an_empty_list_of_image_ids_matches_nothing(svc: Services) -> None:
         s.execute(insert(Image), [_image("img-empty001", ACCOUNTS[0], REGIONS[0], True, 1.0)])
     page = describe_images(svc, Caller(ACCOUNTS[0]), REGIONS[0], image_ids=[])
     assert page.total == 0 and page.images == []
+
+
+def test_publish_and_unpublish_at_once_dont_deadlock_on_the_counters(svc: Services) -> None:
+    """Each flips two counter rows of one owner and region (private -1, public +1, or back): they must
+    take them in the same order, or PostgreSQL aborts one of them as a deadlock."""
+    owner, region = ACCOUNTS[0], REGIONS[0]
+    with svc.db.write() as s:
+        s.execute(insert(Image), [_image("img-flip0000", owner, region, False, 1.0),
+                                  _image("img-flip0001", owner, region, True, 1.0)])
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def flip(image_id: str) -> None:
+        try:
+            start.wait()
+            for _ in range(60):
+                with svc.db.write() as s:
+                    s.execute(update(Image).where(Image.id == image_id).values(is_public=~Image.is_public))
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    _run_at_once(flip, ("img-flip0000", "img-flip0001"), errors)
+    _assert_exact(svc.db)

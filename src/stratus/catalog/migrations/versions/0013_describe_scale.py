@@ -76,8 +76,13 @@ SQLITE_TRIGGERS = {
 PG_FUNCTIONS = {
     "stratus_image_counts": """
         CREATE OR REPLACE FUNCTION stratus_image_counts() RETURNS trigger LANGUAGE plpgsql AS $$
+        DECLARE
+            old_first boolean := TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND
+                (OLD.region, OLD.is_public, OLD.owner_id) <= (NEW.region, NEW.is_public, NEW.owner_id));
         BEGIN
-            IF TG_OP IN ('UPDATE', 'DELETE') THEN
+            -- A publish and an unpublish at once each change two counter rows: both lock them in key
+            -- order, or each would hold one and wait for the other (a deadlock, one of them aborted).
+            IF old_first THEN
                 UPDATE image_counts SET n = n - 1
                 WHERE region = OLD.region AND owner_id = OLD.owner_id AND is_public = OLD.is_public;
             END IF;
@@ -85,6 +90,10 @@ PG_FUNCTIONS = {
                 INSERT INTO image_counts (region, owner_id, is_public, n)
                 VALUES (NEW.region, NEW.owner_id, NEW.is_public, 1)
                 ON CONFLICT (region, is_public, owner_id) DO UPDATE SET n = image_counts.n + 1;
+            END IF;
+            IF TG_OP = 'UPDATE' AND NOT old_first THEN
+                UPDATE image_counts SET n = n - 1
+                WHERE region = OLD.region AND owner_id = OLD.owner_id AND is_public = OLD.is_public;
             END IF;
             RETURN NULL;
         END $$""",
