@@ -393,7 +393,7 @@ def render(fixed: dict[str, Any], scale: dict[str, dict[str, Any]], imports: dic
             out.append(f"| {label} | {res['totals'][label]} | {v['p50']:.2f} | {v['p99']:.2f} | "
                        f"{r50:.2f}× {'✓' if r50 <= 1.5 else '✗'} | {r99:.2f}× {'✓' if r99 <= 2 else '✗'} |")
         out += ["", "Where the time of one call goes (ms; SQL, ORM and shaping in-process, HTTP = SDK p50 − the rest):",
-                "", "| case | SQL | ORM + rest of describe_images | shaping | JSON | HTTP + auth + SDK |",
+                "", "| case | SQL | Python: rest of describe_images | shaping | JSON | HTTP + auth + SDK |",
                 "|---|---|---|---|---|---|"]
         for label, sp in res["splits"].items():
             server_ms = sum(sp.values())

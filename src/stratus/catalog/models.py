@@ -135,25 +135,51 @@ class Manifest(Base):
     created_at: Mapped[float] = mapped_column(Float, default=now)
 
 
+# The image's kind for a caller, copied onto its tags and shares by triggers (migration 0013), so that a tag
+# filter or the shared kind is one index range of the caller's images in page order. Nothing else writes them.
+_KIND = ("image_region", "image_public", "image_owner_id", "image_created_at")
+
+
 class ImageTag(Base):
     __tablename__ = "image_tags"
-    # Tag filters build the set of matching image ids from this index (migration 0010).
-    __table_args__ = (Index("ix_image_tags_key_value", "key", "value", "image_id"),
-                      Index("ix_image_tags_value", "value", "image_id"))
+    __table_args__ = (Index("ix_image_tags_key_kind", "key", *_KIND, "image_id"),
+                      Index("ix_image_tags_key_value_kind", "key", "value", *_KIND, "image_id"),
+                      Index("ix_image_tags_value_kind", "value", *_KIND, "image_id"))
 
     image_id: Mapped[str] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
     key: Mapped[str] = mapped_column(String(128), primary_key=True)
     value: Mapped[str] = mapped_column(String(256), default="")
+    image_region: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    image_owner_id: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    image_public: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    image_created_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class ImageShare(Base):
     __tablename__ = "image_shares"
     # The ids shared with an account, from the index alone (migration 0010).
-    __table_args__ = (Index("ix_image_shares_account_image", "account_id", "image_id"),)
+    __table_args__ = (Index("ix_image_shares_account_kind", "account_id", "image_region", "image_public",
+                            "image_created_at", "image_id", "image_owner_id"),)
 
     image_id: Mapped[str] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), primary_key=True, index=True)
     created_at: Mapped[float] = mapped_column(Float, default=now)
+    image_region: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    image_owner_id: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    image_public: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    image_created_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class ImageCount(Base):
+    """How many images each (region, owner, public) has, kept by triggers on `images` (migration 0013):
+    the unfiltered DescribeImages total without counting. Nothing else writes it."""
+
+    __tablename__ = "image_counts"
+
+    region: Mapped[str] = mapped_column(String(64), primary_key=True)
+    is_public: Mapped[bool] = mapped_column(Boolean, primary_key=True)
+    owner_id: Mapped[str] = mapped_column(String(20), primary_key=True)
+    n: Mapped[int] = mapped_column(Integer)
 
 
 class Task(Base):
