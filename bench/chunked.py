@@ -49,7 +49,7 @@ from run import (  # noqa: E402  (bench/run.py's helpers: the same disk, server 
     timed,
 )
 
-from stratus.cli.chunked import data_runs  # noqa: E402
+from stratus.cli.diskread import data_runs  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 MiB = 1 << 20

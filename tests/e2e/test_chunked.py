@@ -67,6 +67,13 @@ def test_only_the_difference_crosses_and_only_your_own_chunks_are_skipped(server
     # Re-importing the same disk (now raw) sends nothing.
     _again, res = chunked_import(server, alice, disk, "v1-again")
     assert sent(res) == 0
+    # A qcow2 with compressed clusters can't be read in place: the client converts it to raw first.
+    text = tmp_path / "text.raw"
+    text.write_bytes(b"stratus " * (MiB // 8) + bytes(MiB))
+    compressed = tmp_path / "text.qcow2"
+    subprocess.run(["qemu-img", "convert", "-c", "-f", "raw", "-O", "qcow2", str(text), str(compressed)], check=True)
+    _text, res = chunked_import(server, alice, compressed, "compressed")
+    assert sent(res) == MiB and "convert " in res.stderr
     # Bob holds the same bytes, but may not learn that Alice has them: he sends every chunk.
     _bobs, res = chunked_import(server, bob, disk, "bobs-copy")
     assert sent(res) == data

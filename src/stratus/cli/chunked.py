@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,10 +27,11 @@ from pathlib import Path
 
 import blake3
 
-from stratus.cli import bulk
+from stratus.cli import bulk, diskread
 from stratus.cli.bulk import Answer, BulkConnection
 from stratus.cli.common import EXIT_FAILED, EXIT_REFUSED, Endpoint, console, die
 from stratus.cli.dataclient import bytes_progress, error_message, refused
+from stratus.cli.diskread import VirtualDisk
 from stratus.cli.resume import Unfinished
 from stratus.domain import chunkframes
 from stratus.domain.manifest import DiskManifest, chunk_count
@@ -109,75 +109,60 @@ def can_convert_here(fmt: str, what: str, instead: str) -> bool:
 
 
 @contextlib.contextmanager
-def raw_disk(path: Path, fmt: str, stats: Transfer | None = None) -> Iterator[Path]:
-    """``path`` as a raw disk file: itself, or a sparse conversion by this machine's qemu-img (removed after)."""
+def open_disk(path: Path, fmt: str, stats: Transfer | None = None) -> Iterator[VirtualDisk]:
+    """The virtual disk in ``path``: the file itself if raw; a qcow2/vmdk/vhd read in place through this
+    machine's qemu-img map, or converted by it to a temporary raw file where its layout needs that."""
     if fmt == "raw":
-        yield path
+        with VirtualDisk.raw(path) as disk:
+            yield disk
         return
     qemu_img = shutil.which("qemu-img")
     if qemu_img is None:
         die(f"{path.name} is a {fmt} image: reading it here needs qemu-img ({QEMU_IMG_INSTALL}), or import it "
             "with --whole-file to let the server convert it", EXIT_FAILED)
-    with tempfile.TemporaryDirectory(prefix="stratus-import-") as tmp:
-        raw = Path(tmp) / "disk.raw"
-        with console.status(f"converting {path.name} ({fmt}) to raw with qemu-img"), \
-                (stats.phase("convert") if stats else contextlib.nullcontext()):
-            done = subprocess.run([qemu_img, "convert", "-f", fmt, "-O", "raw", str(path), str(raw)],
-                                  capture_output=True, text=True)
-        if done.returncode != 0:
-            die(f"qemu-img could not read {path.name} as {fmt}: {done.stderr.strip()[:500]}", EXIT_FAILED)
-        yield raw
+    in_place = diskread.mapped(qemu_img, path, fmt)
+    if in_place is not None:
+        with in_place:
+            yield in_place
+        return
+    with console.status(f"converting {path.name} ({fmt}) to raw with qemu-img"), \
+            (stats.phase("convert") if stats else contextlib.nullcontext()), \
+            diskread.converted(qemu_img, path, fmt) as (raw, error):
+        if raw is None:
+            die(f"qemu-img could not read {path.name} as {fmt}: {error}", EXIT_FAILED)
+        with VirtualDisk.raw(raw) as disk:
+            yield disk
 
 
-def data_runs(fd: int, size: int) -> list[tuple[int, int]]:
-    """[(start, end)] of the file's data (SEEK_DATA/SEEK_HOLE): holes are zero chunks, never read."""
-    runs: list[tuple[int, int]] = []
-    offset = 0
-    while offset < size:
-        try:
-            start = os.lseek(fd, offset, os.SEEK_DATA)
-        except OSError:
-            break
-        end = os.lseek(fd, start, os.SEEK_HOLE)
-        runs.append((start, end))
-        offset = end
-    return runs
-
-
-def hash_chunks(path: Path, size: int, chunk_size: int, progress: Callable[[int], None] | None = None
+def hash_chunks(disk: VirtualDisk, chunk_size: int, progress: Callable[[int], None] | None = None
                 ) -> list[str | None]:
-    """The BLAKE3 of each chunk of the first ``size`` bytes of ``path`` (None: all zeros, or past its end)."""
+    """The BLAKE3 of each chunk of the disk (None: all zeros)."""
+    size = disk.size
     n = chunk_count(size, chunk_size)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        file_size = os.fstat(fd).st_size
-        runs = data_runs(fd, min(file_size, size))
-        has_data = bytearray(n)
-        for start, end in runs:
-            for i in range(start // chunk_size, min(n, -(-end // chunk_size))):
-                has_data[i] = 1
-        zeros = bytes(chunk_size)
+    zeros = bytes(chunk_size)
+    local = threading.local()
 
-        def one(index: int) -> str | None:
-            if not has_data[index]:
-                return None
-            length = min(chunk_size, size - index * chunk_size)
-            data = os.pread(fd, length, index * chunk_size)
-            if len(data) < length:
-                data += bytes(length - len(data))
-            if data == zeros[:length]:
-                return None
-            return blake3.blake3(data).hexdigest()
+    def one(index: int) -> str | None:
+        lo = index * chunk_size
+        length = min(chunk_size, size - lo)
+        if not disk.has_data(lo, lo + length):
+            return None
+        buf: bytearray | None = getattr(local, "buf", None)
+        if buf is None:
+            buf = local.buf = bytearray(chunk_size)
+        view = memoryview(buf)[:length]
+        disk.read_into(view, lo)
+        if view == zeros[:length] if length < chunk_size else buf == zeros:
+            return None
+        return blake3.blake3(view).hexdigest()
 
-        digests: list[str | None] = [None] * n
-        with ThreadPoolExecutor(HASH_WORKERS) as pool:
-            for index, digest in enumerate(pool.map(one, range(n), chunksize=16)):
-                digests[index] = digest
-                if progress is not None:
-                    progress(min(chunk_size, size - index * chunk_size))
-        return digests
-    finally:
-        os.close(fd)
+    digests: list[str | None] = [None] * n
+    with ThreadPoolExecutor(HASH_WORKERS) as pool:
+        for index, digest in enumerate(pool.map(one, range(n), chunksize=16)):
+            digests[index] = digest
+            if progress is not None:
+                progress(min(chunk_size, size - index * chunk_size))
+    return digests
 
 
 def _batches(items: list[tuple[str, int]], limit: int) -> Iterator[list[tuple[str, int]]]:
@@ -255,8 +240,8 @@ def import_chunked(ep: Endpoint, path: Path, declared: str | None) -> tuple[str,
     """Send the disk in ``path`` as a chunked upload (resuming one this machine started); returns the
     upload id, complete, for ImportImage."""
     stats = Transfer()
-    with raw_disk(path, client_format(path, declared), stats) as raw, BulkConnection(ep.url) as client:
-        size = raw.stat().st_size
+    with open_disk(path, client_format(path, declared), stats) as disk, BulkConnection(ep.url) as client:
+        size = disk.size
         if size % 512:
             if size < 1 << 20:
                 die(f"{path.name} is {size} bytes and has no disk image header: this is not a disk image; import "
@@ -273,7 +258,7 @@ def import_chunked(ep: Endpoint, path: Path, declared: str | None) -> tuple[str,
             die("this server does not take chunked uploads; import with --whole-file", EXIT_REFUSED)
         with stats.phase("hash"), bytes_progress() as progress:
             bar = progress.add_task(f"hash {path.name}", total=size)
-            digests = hash_chunks(raw, size, chunk_size, lambda n: progress.advance(bar, n))
+            digests = hash_chunks(disk, chunk_size, lambda n: progress.advance(bar, n))
         manifest = DiskManifest(size, chunk_size, digests)
         body = manifest.encode()
         stats.chunks = manifest.stored_chunks
@@ -291,7 +276,7 @@ def import_chunked(ep: Endpoint, path: Path, declared: str | None) -> tuple[str,
             if not needed:
                 break
             with stats.phase("send"):
-                _send(ep, raw, upload_id, manifest, [(d, where[d]) for d in needed], stats, path.name)
+                _send(ep, disk, upload_id, manifest, [(d, where[d]) for d in needed], stats, path.name)
             r = _post_manifest(client, ep, upload_id, body)
             if r.status_code != 200:
                 refused("upload", r)
@@ -313,39 +298,37 @@ def _recalled_upload(client: BulkConnection, ep: Endpoint, upload_id: str | None
     return r.json()["Response"]
 
 
-def _send(ep: Endpoint, raw: Path, upload_id: str, manifest: DiskManifest, needed: list[tuple[str, int]],
+def _send(ep: Endpoint, disk: VirtualDisk, upload_id: str, manifest: DiskManifest, needed: list[tuple[str, int]],
           stats: Transfer, label: str) -> None:
     lengths = {d: manifest.chunk_range(i)[1] for d, i in needed}
     index = dict(needed)
     path = f"/uploads/{upload_id}/chunks"
-    fd = os.open(raw, os.O_RDONLY)
     lock = threading.Lock()
-    try:
-        with bytes_progress() as progress:
-            bar = progress.add_task(f"send {label}", total=sum(lengths.values()))
+    with bytes_progress() as progress:
+        bar = progress.add_task(f"send {label}", total=sum(lengths.values()))
 
-            def work(conn: BulkConnection, buf: memoryview, batch: list[tuple[str, int]]) -> None:
-                # The batch is built in the thread's aligned buffer: headers, then each chunk read in place.
-                pos = 0
-                for digest, n in batch:
-                    pos = chunkframes.write_header(buf, pos, digest, n)
-                    start = manifest.chunk_range(index[digest])[0]
-                    if os.preadv(fd, [buf[pos : pos + n]], start) != n:
-                        die(f"{label} changed while it was being sent; run the command again", EXIT_FAILED)
-                    end = pos + chunkframes.padded(n)
-                    buf[pos + n : end] = bytes(end - pos - n)
-                    pos = end
-                headers = ep.signed_headers("POST", path, body=None, content_type="application/octet-stream")
-                conn.request("POST", path, headers, buf[:pos])
-                sent = sum(n for _, n in batch)
-                with lock:
-                    stats.sent_chunks += len(batch)
-                    stats.sent_bytes += sent
-                progress.advance(bar, sent)
+        def work(conn: BulkConnection, buf: memoryview, batch: list[tuple[str, int]]) -> None:
+            # The batch is built in the thread's aligned buffer: headers, then each chunk read in place.
+            pos = 0
+            for digest, n in batch:
+                pos = chunkframes.write_header(buf, pos, digest, n)
+                start = manifest.chunk_range(index[digest])[0]
+                try:
+                    disk.read_into(buf[pos : pos + n], start)
+                except OSError:
+                    die(f"{label} changed while it was being sent; run the command again", EXIT_FAILED)
+                end = pos + chunkframes.padded(n)
+                buf[pos + n : end] = bytes(end - pos - n)
+                pos = end
+            headers = ep.signed_headers("POST", path, body=None, content_type="application/octet-stream")
+            conn.request("POST", path, headers, buf[:pos])
+            sent = sum(n for _, n in batch)
+            with lock:
+                stats.sent_chunks += len(batch)
+                stats.sent_bytes += sent
+            progress.advance(bar, sent)
 
-            _parallel(list(_batches([(d, lengths[d]) for d, _ in needed], BATCH_BYTES)), work, ep)
-    finally:
-        os.close(fd)
+        _parallel(list(_batches([(d, lengths[d]) for d, _ in needed], BATCH_BYTES)), work, ep)
 
 
 # --------------------------------------------------------------------------- export
@@ -428,13 +411,15 @@ def export_chunked(ep: Endpoint, image_id: str, output: Path, fmt: str, base: Pa
     part = output.with_name(output.name + (".part" if fmt == "raw" else ".raw.part"))
     have: list[str | None] = []
     if part.exists():
-        have = hash_chunks(part, min(size, part.stat().st_size), chunk_size)
+        with VirtualDisk.raw(part, min(size, part.stat().st_size)) as disk:
+            have = hash_chunks(disk, chunk_size)
         console.print(f"resuming {part.name}")
     from_base: dict[str, int] = {}
     if base is not None:
         with stats.phase("hash base"), bytes_progress() as progress:
             bar = progress.add_task(f"hash {base.name}", total=base.stat().st_size)
-            base_digests = hash_chunks(base, base.stat().st_size, chunk_size, lambda n: progress.advance(bar, n))
+            with VirtualDisk.raw(base) as disk:
+                base_digests = hash_chunks(disk, chunk_size, lambda n: progress.advance(bar, n))
         if fmt == "raw" and not have and output.exists() and os.path.samefile(base, output):
             # Updating a file in place (`--base FILE -o FILE`): it becomes the part, and only the chunks that
             # differ are written, not a copy of the whole disk.
