@@ -9,7 +9,7 @@ On the test disk of bench/run.py (4 GiB virtual, ~1.2 GiB of data; --quick: 512 
 1. Reference: ``qemu-img convert -f qcow2 -O raw`` of the disk followed by fsync of its output (an import
    is durable), best of ``reps``. The raw result is the client's raw file for the runs below.
 2. First import of the raw file (CLI start to NORMAL), and of the qcow2 by a second account (the client
-   converts with its own qemu-img; the server must be sent every chunk again: no oracle).
+   reads its clusters in place through qemu-img map; the server must be sent every chunk again: no oracle).
 3. Re-import of the same raw file: time and chunk bytes sent (0).
 4. A new version with 64 MiB changed (64 chunks of random bytes over data): chunk bytes sent.
 5. Export to raw (CLI start to a complete sparse file), checked with ``qemu-img compare``.
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"{chunk_bytes(err, 'sent') / MiB:.0f} MiB sent", phases(err)))
         log(rows[-1])
         t, _id, err = cli("image", "import", str(src), "--name", "first-qcow2", creds=other)
-        rows.append(("first import (qcow2, converted by the client), another account", fmt_s(t), f"{t / ref:.2f}×",
+        rows.append(("first import (qcow2, read in place by the client), another account", fmt_s(t), f"{t / ref:.2f}×",
                      f"{chunk_bytes(err, 'sent') / MiB:.0f} MiB sent (the same bytes: no oracle)", phases(err)))
         log(rows[-1])
         t, _id, err = cli("image", "import", str(raw), "--name", "again")
