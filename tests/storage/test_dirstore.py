@@ -320,6 +320,18 @@ def test_reads_where_o_direct_is_refused_go_through_the_page_cache(store: DirSto
     assert bytes(store.get(digest(data))) == data
 
 
+def test_reads_that_refuse_o_direct_after_opening_go_through_the_page_cache(
+        store: DirStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = os.urandom(PAGE * 3)
+    store.put(digest(data), data)
+
+    def refused(fd: int, size: int) -> memoryview:
+        raise OSError(errno.EINVAL, "O_DIRECT read not supported (injected)")
+
+    monkeypatch.setattr(dirstore_mod, "_read_direct", refused)
+    assert bytes(store.get(digest(data))) == data
+
+
 def test_remove_temp(store: DirStore) -> None:
     data = os.urandom(500)
     d = digest(data)

@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import mmap
 import os
 import secrets
@@ -228,7 +229,16 @@ class DirStore:
             size = os.fstat(fd).st_size
             if size > MAX_CHUNK_SIZE:  # bounded: a chunk file can't legitimately be larger
                 raise ChunkCorrupt(digest, None, f"file is larger than the largest chunk ({MAX_CHUNK_SIZE} B)")
-            data = _read_direct(fd, size) if direct else _read_all(fd, size)
+            data: bytes | memoryview | None = None
+            if direct:
+                try:
+                    data = _read_direct(fd, size)
+                except OSError as exc:  # opened, but its reads refuse O_DIRECT (some FUSE filesystems)
+                    if exc.errno != errno.EINVAL:
+                        raise
+                    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+            if data is None:
+                data = _read_all(fd, size)
         finally:
             os.close(fd)
         actual = blake3.blake3(data).hexdigest()
